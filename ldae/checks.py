@@ -1,0 +1,44 @@
+"""Input validation shared by the tokenizer, the noise transform and the model.
+
+Errors name what was expected, so a wrong call is fixed from the message alone.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_images"]
+
+
+def check_images(
+    x: torch.Tensor,
+    in_chans: int,
+    patch_size: int,
+    img_size: int | tuple[int, int] | None = None,
+    check_finite: bool = True,
+    name: str = "images",
+) -> None:
+    """Raise ``ValueError`` unless ``x`` is a finite float batch (B, in_chans, H, W) of patch-divisible size.
+
+    ``img_size`` (if given) fixes H and W, as for a model with a fixed position embedding.
+    ``check_finite`` costs a device sync; hot loops may turn it off.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor of shape (B, {in_chans}, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name}: expected a floating-point tensor of normalised pixels, got dtype {x.dtype} "
+            "(convert uint8 images with ToTensor/Normalize first)"
+        )
+    if x.shape[1] != in_chans:
+        raise ValueError(f"{name}: expected {in_chans} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    h, w = x.shape[-2:]
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"{name}: height and width must be divisible by the patch size {patch_size}, got {h}x{w}")
+    if img_size is not None:
+        eh, ew = (img_size, img_size) if isinstance(img_size, int) else img_size
+        if (h, w) != (eh, ew):
+            raise ValueError(f"{name}: expected {eh}x{ew} images for this model, got {h}x{w}")
+    if check_finite and not torch.isfinite(x).all():
+        raise ValueError(f"{name}: expected finite values, found NaN or inf")

@@ -1,0 +1,302 @@
+"""Patch-wise PCA tokenizer (Sec. 4.2 of the paper).
+
+An image is cut into non-overlapping p x p x C patches, each flattened to a D = p*p*C vector in the
+order of ``torch.nn.functional.unfold`` (channel-major, then rows, then columns). PCA of many such
+patches gives an orthonormal basis V (rows = eigenvectors, sorted by decreasing eigenvalue); the
+latent of a patch x is V_d (x - mean), optionally divided by the component standard deviations
+(whitening). Everything here works on *normalised* pixels, i.e. exactly the tensors the model sees;
+the normalisation (per-channel mean/std) the basis was fitted under is stored with it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from .checks import check_images
+from .io import save_safetensors
+
+__all__ = ["PatchPCA", "PatchCovariance", "patchify", "unpatchify", "DIT_NORM", "IMAGENET_NORM"]
+
+FORMAT = "ldae.patch_pca.v1"
+# DiT's pixel range [-1, 1]: the paper builds on DiT, so this is the default normalisation.
+DIT_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# MAE's per-channel ImageNet statistics, the alternative.
+IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, D) non-overlapping patches, N = HW/p^2, D = C p^2."""
+    return F.unfold(x, kernel_size=patch_size, stride=patch_size).transpose(1, 2)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, N, D) -> (B, C, H, W); the exact inverse of :func:`patchify`."""
+    return F.fold(patches.transpose(1, 2), output_size=hw, kernel_size=patch_size, stride=patch_size)
+
+
+class PatchCovariance:
+    """Streaming float64 mean and covariance of D-dim patch vectors.
+
+    Holds only a D-vector and a D x D matrix (plus a count), so millions of patches fit in memory.
+    Sums are accumulated around a fixed shift (the first batch's mean) to avoid the catastrophic
+    cancellation of the naive E[xx^T] - E[x]E[x]^T.
+    """
+
+    def __init__(self, dim: int, device: torch.device | str | None = None) -> None:
+        self.dim = dim
+        self.count = 0
+        self.shift: torch.Tensor | None = None
+        self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.sum_outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
+    def update(self, patches: torch.Tensor) -> None:
+        """Add a batch of patches (M, D)."""
+        if patches.ndim != 2 or patches.shape[1] != self.dim:
+            raise ValueError(f"expected patches of shape (M, {self.dim}), got {tuple(patches.shape)}")
+        x = patches.to(device=self.sum.device, dtype=torch.float64)
+        if self.shift is None:
+            self.shift = x.mean(0)
+        x = x - self.shift
+        self.count += x.shape[0]
+        self.sum += x.sum(0)
+        self.sum_outer += x.T @ x
+
+    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (mean (D,), covariance (D, D)) in float64; covariance normalised by the count."""
+        if self.count < 2 or self.shift is None:
+            raise ValueError(f"need at least 2 patches to estimate a covariance, got {self.count}")
+        m = self.sum / self.count
+        cov = self.sum_outer / self.count - torch.outer(m, m)
+        return self.shift + m, (cov + cov.T) / 2
+
+
+class PatchPCA(nn.Module):
+    """A fitted patch-wise PCA basis.
+
+    Buffers (float32): ``components`` (D, D) with rows = eigenvectors in decreasing eigenvalue order,
+    ``eigenvalues`` (D,), ``mean`` (D,). Attributes: ``patch_size``, ``in_chans``, ``norm_mean`` /
+    ``norm_std`` (the pixel normalisation the patches were fitted under), ``num_images``,
+    ``num_patches`` (how much data the fit saw).
+
+    Inputs may be any float dtype on any device; the math is float32 and results come back in the
+    input dtype.
+    """
+
+    components: torch.Tensor
+    eigenvalues: torch.Tensor
+    mean: torch.Tensor
+
+    def __init__(
+        self,
+        components: torch.Tensor,
+        eigenvalues: torch.Tensor,
+        mean: torch.Tensor,
+        patch_size: int,
+        in_chans: int = 3,
+        norm_mean: Sequence[float] = DIT_NORM[0],
+        norm_std: Sequence[float] = DIT_NORM[1],
+        num_images: int = 0,
+        num_patches: int = 0,
+    ) -> None:
+        super().__init__()
+        dim = patch_size * patch_size * in_chans
+        if components.shape != (dim, dim) or eigenvalues.shape != (dim,) or mean.shape != (dim,):
+            raise ValueError(
+                f"expected components ({dim}, {dim}), eigenvalues ({dim},), mean ({dim},) for patch {patch_size} "
+                f"and {in_chans} channels, got {tuple(components.shape)}, {tuple(eigenvalues.shape)}, {tuple(mean.shape)}"
+            )
+        if len(norm_mean) != in_chans or len(norm_std) != in_chans:
+            raise ValueError(f"norm_mean/norm_std need {in_chans} values, got {list(norm_mean)} / {list(norm_std)}")
+        self.register_buffer("components", components.float().contiguous())
+        self.register_buffer("eigenvalues", eigenvalues.float().contiguous())
+        self.register_buffer("mean", mean.float().contiguous())
+        self.patch_size = int(patch_size)
+        self.in_chans = int(in_chans)
+        self.norm_mean = tuple(float(v) for v in norm_mean)
+        self.norm_std = tuple(float(v) for v in norm_std)
+        self.num_images = int(num_images)
+        self.num_patches = int(num_patches)
+
+    # ------------------------------------------------------------------ construction
+    @property
+    def dim(self) -> int:
+        """D, the flattened patch dimension."""
+        return self.components.shape[0]
+
+    @classmethod
+    def from_covariance(cls, mean: torch.Tensor, cov: torch.Tensor, **kwargs) -> "PatchPCA":
+        """Eigen-decompose a (D, D) covariance (float64) into a sorted, sign-fixed basis."""
+        evals, evecs = torch.linalg.eigh(cov.double())
+        order = torch.argsort(evals, descending=True)
+        evals, basis = evals[order].clamp_min(0), evecs[:, order].T  # rows are components
+        # eigh's signs are arbitrary; fix them (largest-magnitude entry positive) so fits reproduce.
+        idx = basis.abs().argmax(dim=1)
+        signs = torch.sign(basis.gather(1, idx[:, None]))
+        basis = basis * signs
+        return cls(basis, evals, mean.double(), **kwargs)
+
+    @classmethod
+    @torch.no_grad()
+    def fit(
+        cls,
+        batches: Iterable[torch.Tensor],
+        patch_size: int,
+        norm_mean: Sequence[float] = DIT_NORM[0],
+        norm_std: Sequence[float] = DIT_NORM[1],
+        patches_per_image: int | None = None,
+        random_offset: bool = True,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> "PatchPCA":
+        """Fit from an iterable of normalised image batches (B, C, H, W) (or (batch, label) pairs).
+
+        From each image, the non-overlapping patch grid is shifted by a random offset in [0, p)
+        (when ``random_offset`` and the image is larger than the grid allows) and
+        ``patches_per_image`` grid cells are drawn without replacement (all of them when None).
+        """
+        gen = torch.Generator().manual_seed(seed)
+        acc: PatchCovariance | None = None
+        in_chans = len(norm_mean)
+        num_images = 0
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            check_images(x, in_chans, 1, name="fit batch")
+            if device is not None:
+                x = x.to(device)
+            h, w = x.shape[-2:]
+            if h < patch_size or w < patch_size:
+                raise ValueError(f"fit batch: images of {h}x{w} are smaller than the patch size {patch_size}")
+            picked = []
+            for img in x:
+                oy = ox = 0
+                if random_offset:
+                    oy = int(torch.randint(0, h % patch_size + 1, (1,), generator=gen))
+                    ox = int(torch.randint(0, w % patch_size + 1, (1,), generator=gen))
+                gh, gw = (h - oy) // patch_size, (w - ox) // patch_size
+                crop = img[None, :, oy : oy + gh * patch_size, ox : ox + gw * patch_size]
+                patches = patchify(crop.float(), patch_size)[0]  # (N, D)
+                if patches_per_image is not None and patches_per_image < patches.shape[0]:
+                    keep = torch.randperm(patches.shape[0], generator=gen)[:patches_per_image]
+                    patches = patches[keep.to(patches.device)]
+                picked.append(patches)
+            patches = torch.cat(picked)  # (M, D): one float64 update per batch, not per image
+            if acc is None:
+                acc = PatchCovariance(patches.shape[1], device=patches.device)
+            acc.update(patches)
+            num_images += x.shape[0]
+        if acc is None:
+            raise ValueError("fit: no images were given")
+        mean, cov = acc.mean_cov()
+        return cls.from_covariance(
+            mean.cpu(), cov.cpu(), patch_size=patch_size, in_chans=in_chans, norm_mean=norm_mean,
+            norm_std=norm_std, num_images=num_images, num_patches=acc.count,
+        )
+
+    # ------------------------------------------------------------------ transforms
+    def _check_d(self, d: int) -> int:
+        if not 1 <= d <= self.dim:
+            raise ValueError(f"latent dimension d must be in [1, {self.dim}], got {d}")
+        return d
+
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.in_chans, self.patch_size, check_finite=False)
+        return patchify(x.float(), self.patch_size)  # (B, N, D) float32
+
+    def encode(self, x: torch.Tensor, d: int, whiten: bool = False) -> torch.Tensor:
+        """Images (B, C, H, W) -> top-d latents (B, N, d); whitened latents have unit variance."""
+        self._check_d(d)
+        z = (self._patches(x) - self.mean) @ self.components[:d].T  # (B, N, d)
+        if whiten:
+            z = z / self.latent_std(d)
+        return z.to(x.dtype)
+
+    def decode(self, z: torch.Tensor, hw: tuple[int, int], whiten: bool = False) -> torch.Tensor:
+        """Latents (B, N, d) -> images (B, C, H, W) by inverse PCA (mean restored)."""
+        d = self._check_d(z.shape[-1])
+        zf = z.float()
+        if whiten:
+            zf = zf * self.latent_std(d)
+        patches = zf @ self.components[:d] + self.mean  # (B, N, D)
+        return unpatchify(patches, self.patch_size, hw).to(z.dtype)
+
+    def project(self, x: torch.Tensor, d: int) -> torch.Tensor:
+        """Orthogonal projection of images (B, C, H, W) onto mean + span(top-d components)."""
+        return self.decode(self.encode(x.float(), d), x.shape[-2:]).to(x.dtype)
+
+    def latent_std(self, d: int) -> torch.Tensor:
+        """(d,) standard deviations of the top-d components (floored so whitening never divides by 0)."""
+        eps = torch.finfo(torch.float32).eps * self.eigenvalues[0].clamp_min(1e-12)
+        return self.eigenvalues[:d].clamp_min(eps).sqrt()
+
+    def basis_images(self, k: int) -> torch.Tensor:
+        """The top-k components as (k, C, p, p) images, each min-max scaled to [0, 1] (paper Fig. 4)."""
+        k = self._check_d(k)
+        b = self.components[:k].reshape(k, self.in_chans, self.patch_size, self.patch_size)
+        lo = b.flatten(1).min(1).values[:, None, None, None]
+        hi = b.flatten(1).max(1).values[:, None, None, None]
+        return (b - lo) / (hi - lo).clamp_min(1e-12)
+
+    # ------------------------------------------------------------------ persistence
+    def metadata(self) -> dict[str, str]:
+        return {
+            "format": FORMAT,
+            "patch_size": str(self.patch_size),
+            "in_chans": str(self.in_chans),
+            "norm_mean": json.dumps(list(self.norm_mean)),
+            "norm_std": json.dumps(list(self.norm_std)),
+            "num_images": str(self.num_images),
+            "num_patches": str(self.num_patches),
+        }
+
+    def save(self, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> None:
+        """Write the artifact as safetensors (atomic); ``extra_metadata`` records e.g. the fit command."""
+        meta = {**(extra_metadata or {}), **self.metadata()}
+        save_safetensors(
+            {"components": self.components, "eigenvalues": self.eigenvalues, "mean": self.mean}, path, meta
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "PatchPCA":
+        """Read an artifact written by :meth:`save` (no pickle involved)."""
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{path}: not a patch-PCA artifact (expected format {FORMAT!r}, got {meta.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in ("components", "eigenvalues", "mean")}
+        return cls(
+            **tensors,
+            patch_size=int(meta["patch_size"]),
+            in_chans=int(meta["in_chans"]),
+            norm_mean=json.loads(meta["norm_mean"]),
+            norm_std=json.loads(meta["norm_std"]),
+            num_images=int(meta["num_images"]),
+            num_patches=int(meta["num_patches"]),
+        )
+
+    def check_compatible(
+        self, patch_size: int, in_chans: int, norm_mean: Sequence[float] | None = None, norm_std: Sequence[float] | None = None
+    ) -> None:
+        """Raise ``ValueError`` listing every way this tokenizer differs from what a model expects."""
+        diffs = []
+        if patch_size != self.patch_size:
+            diffs.append(f"patch size {self.patch_size} (model expects {patch_size})")
+        if in_chans != self.in_chans:
+            diffs.append(f"{self.in_chans} channels (model expects {in_chans})")
+        for name, want, have in (("mean", norm_mean, self.norm_mean), ("std", norm_std, self.norm_std)):
+            if want is not None and (len(want) != len(have) or any(not math.isclose(a, b, abs_tol=1e-6) for a, b in zip(want, have))):
+                diffs.append(f"normalisation {name} {list(have)} (model expects {list(want)})")
+        if diffs:
+            raise ValueError("tokenizer does not match the model: it was fitted with " + "; ".join(diffs))
+
+    def extra_repr(self) -> str:
+        return (
+            f"patch_size={self.patch_size}, in_chans={self.in_chans}, dim={self.dim}, "
+            f"norm_mean={self.norm_mean}, norm_std={self.norm_std}, images={self.num_images}, patches={self.num_patches}"
+        )
