@@ -1,0 +1,48 @@
+"""Command-line flags for the l-DAE model and the model they describe.
+
+One place defines the model's flags, so ``ldae pretrain`` and every other recipe spell them the same
+way, and a checkpoint's saved ``args`` rebuild exactly the model it holds.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .configs import SIZES
+from .model import LDAE
+from .noise import NOISE_SPACES
+from .schedule import SCHEDULES, build_schedule
+from .tokenizer import PatchPCA
+
+__all__ = ["add_model_args", "build_model_from_args", "MODEL_ARG_NAMES"]
+
+MODEL_ARG_NAMES = ("model", "d", "whiten", "noise_space", "schedule", "tail_weight", "enc_depth", "cond_ratio", "num_levels")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the model flags (defaults = the paper's l-DAE) to ``parser``."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default="half_large", choices=sorted(SIZES), help="model size (paper default: half_large = ViT-1/2L encoder)")
+    g.add_argument("--d", type=int, default=None, help="latent dimension of the noise (default: the size's, 32 for 16x16 patches)")
+    g.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True, help="noise on unit-variance PCA latents")
+    g.add_argument("--noise-space", default="latent", choices=NOISE_SPACES, help="'pixel' is the classical DAE ablation")
+    g.add_argument("--schedule", default="linear_sigma", choices=sorted(SCHEDULES), help="noise schedule ('single': sigma = sqrt(1/3))")
+    g.add_argument("--num-levels", type=int, default=1000, help="number of noise levels T")
+    g.add_argument("--tail-weight", type=float, default=0.1, help="Eq. 4 weight of the dimensions beyond d")
+    g.add_argument("--enc-depth", type=int, default=None, help="encoder blocks (default: half of the model)")
+    g.add_argument("--cond-ratio", type=float, default=0.25, help="conditioning width / model width (App. A: 1/4)")
+    return parser
+
+
+def build_model_from_args(args: argparse.Namespace, tokenizer: PatchPCA | None) -> LDAE:
+    """The :class:`LDAE` that the parsed model flags describe."""
+    return LDAE(
+        args.model,
+        tokenizer,
+        d=args.d,
+        whiten=args.whiten,
+        noise_space=args.noise_space,
+        schedule=build_schedule(args.schedule, num_levels=args.num_levels),
+        tail_weight=args.tail_weight,
+        enc_depth=args.enc_depth,
+        cond_ratio=args.cond_ratio,
+    )
