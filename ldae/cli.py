@@ -12,7 +12,17 @@ import sys
 __all__ = ["main", "SUBCOMMANDS"]
 
 # name -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("ldae.demo", "offline demo on bundled images: denoising, noise and tokenizer figures, features"),
+    "fit-pca": ("ldae.fit_pca", "fit the patch-PCA tokenizer on an image folder or tar"),
+    "fit-tokenizer": ("ldae.fit_tokenizer", "fit a patch AE / VAE / pixel tokenizer (trajectory ablations)"),
+    "pretrain": ("ldae.pretrain", "pretrain an l-DAE (one GPU to multi-node torchrun)"),
+    "probe": ("ldae.probe", "linear probe of a frozen backbone (paper protocol or cached features)"),
+    "knn": ("ldae.knn", "k-nearest-neighbour classification of frozen features"),
+    "finetune": ("ldae.finetune", "fine-tune a backbone end to end (MAE recipe on timm parts)"),
+    "export": ("ldae.publish", "export a pretraining checkpoint at a fixed t to a timm / Hugging Face folder"),
+    "figures": ("ldae.figures", "denoising grid, pixel vs latent noise, PCA bases, training curves"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
