@@ -1,0 +1,81 @@
+"""Pretraining checkpoints: one format, written atomically, read without unpickling arbitrary objects.
+
+A checkpoint is a dict of tensors and plain Python values (``torch.load(..., weights_only=True)``
+reads it):
+
+    format      "ldae.checkpoint.v1"
+    model       LDAE state dict (the tokenizer's buffers included)
+    ema         EMA weights of the model (state dict) or None
+    optimizer   optimizer state dict;  scaler: grad-scaler state dict or None
+    rng         {"torch": ByteTensor, "cuda": [ByteTensor] , "python": tuple}
+    step, epoch ints (the next step / epoch to run)
+    args        the run's argparse namespace as a dict (rebuilds the model)
+    tokenizer   the tokenizer's metadata (patch size, normalisation, fit counts) or None
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import torch
+
+from .builder import build_model_from_args
+from .io import atomic_path
+from .model import LDAE
+from .tokenizer import PatchPCA
+
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "tokenizer_from_state_dict"]
+
+FORMAT = "ldae.checkpoint.v1"
+_TOK_PREFIX = "noise.tokenizer."
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``state`` (see module docstring) to ``path`` atomically: temp file, fsync, rename."""
+    state = {"format": FORMAT, **state}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no arbitrary code runs) and check its format."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated or foreign file: say which
+        raise ValueError(f"{path}: not a readable l-DAE checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an l-DAE checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def tokenizer_from_state_dict(state_dict: dict[str, torch.Tensor], meta: dict[str, str] | None) -> PatchPCA | None:
+    """Rebuild the :class:`PatchPCA` held inside a model state dict (None for a pixel-space model)."""
+    if meta is None or _TOK_PREFIX + "components" not in state_dict:
+        return None
+    import json
+
+    return PatchPCA(
+        state_dict[_TOK_PREFIX + "components"],
+        state_dict[_TOK_PREFIX + "eigenvalues"],
+        state_dict[_TOK_PREFIX + "mean"],
+        patch_size=int(meta["patch_size"]),
+        in_chans=int(meta["in_chans"]),
+        norm_mean=json.loads(meta["norm_mean"]),
+        norm_std=json.loads(meta["norm_std"]),
+        num_images=int(meta["num_images"]),
+        num_patches=int(meta["num_patches"]),
+    )
+
+
+def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, use_ema: bool = True) -> LDAE:
+    """The :class:`LDAE` a checkpoint holds (EMA weights when present and ``use_ema``), in eval mode."""
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    tokenizer = tokenizer_from_state_dict(weights, ckpt.get("tokenizer"))
+    model = build_model_from_args(argparse.Namespace(**ckpt["args"]), tokenizer)
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
