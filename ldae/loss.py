@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .amp import float32_region
+
 from .tokenizer import PatchPCA, patchify
 
 __all__ = ["pca_weighted_loss"]
@@ -39,7 +41,7 @@ def pca_weighted_loss(
     if p is None:
         raise ValueError("pixel-space loss needs patch_size")
     # The loss is a small sum of squares; keep it in float32 even inside a bf16 autocast region.
-    with torch.autocast(device_type=pred.device.type, enabled=False):
+    with float32_region(pred.device):
         e = patchify(target.float() - pred.float(), p)  # (B, N, D)
         per_patch = e.square().sum(-1)  # (B, N) = ||e||^2
         if tokenizer is not None and d < tokenizer.dim and tail_weight != 1.0:

@@ -88,7 +88,8 @@ class LDAE(nn.Module):
         dim, self.cond_dim = size.embed_dim, max(1, int(size.embed_dim * cond_ratio))
         self.patch_embed = PatchEmbed(size.img_size, size.patch_size, size.in_chans, dim)
         grid = self.patch_embed.grid_size
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(dim, *grid)[None], persistent=True)  # (1, N, D)
+        pos = sincos_pos_embed_2d(dim, *grid).to(self.patch_embed.proj.weight.device)
+        self.register_buffer("pos_embed", pos[None], persistent=True)  # (1, N, D), fixed
         self.t_embedder = TimestepEmbedder(self.cond_dim)
         self.blocks = nn.ModuleList(
             AdaLNBlock(dim, size.num_heads, self.cond_dim, size.mlp_ratio) for _ in range(size.depth)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .amp import float32_region
 from .checks import check_images
 from .schedule import LinearSigmaSchedule, NoiseSchedule
 from .tokenizer import PatchPCA, patchify, unpatchify
@@ -102,7 +103,7 @@ class LatentNoise(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_t (B, C, H, W) in x0's dtype, eps) for per-sample gamma, sigma (B,)."""
         # The corruption is data preparation: float32 even inside the training step's bf16 autocast.
-        with torch.autocast(device_type=x0.device.type, enabled=False):
+        with float32_region(x0.device):
             return self._corrupt(x0, gamma.float(), sigma.float(), generator)
 
     def _corrupt(self, x0, gamma, sigma, generator):
