@@ -1,0 +1,186 @@
+"""``ldae demo``: offline, with the real weights manifest and with a temporary release of a tiny model."""
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from ldae import cli, viz
+from ldae.checkpoint import save_checkpoint
+from ldae.demo import get_args_parser, run_demo
+from ldae.export import export_encoder_state_dict, export_to_timm
+from ldae.io import save_safetensors, sha256_file
+from ldae.model import LDAE
+from ldae.samples import load_images
+from ldae.sources import load_denoiser, load_denoiser_file, released_tags, save_denoiser
+from ldae.tokenizer import DIT_NORM, PatchPCA
+
+TAG = "ldae_vit_tiny_patch4_32.test"
+ARGS = dict(model="tiny_patch4_32", d=None, whiten=True, noise_space="latent", schedule="linear_sigma",
+            tail_weight=0.1, enc_depth=None, cond_ratio=0.25, num_levels=1000)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _entry(root, name):
+    return {"file": name, "sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size}
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A weights folder releasing a (random, non-trivial) tiny l-DAE: tokenizer, encoder, manifest, and
+    the full model as a denoiser file and as a pretraining checkpoint."""
+    root = tmp_path_factory.mktemp("weights")
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(64, 3, 8, 8, generator=g), size=32, mode="bilinear") * 2 - 1
+    tok = PatchPCA.fit([x], 4)
+    tok.save(root / "pca_p4.safetensors")
+    torch.manual_seed(0)
+    model = LDAE("tiny_patch4_32", tok).eval()
+    with torch.no_grad():  # leave adaLN-Zero's zero init, so the model's output depends on its weights
+        for name, p in model.named_parameters():
+            if "adaLN_modulation" in name or "final_layer" in name:
+                p.normal_(0, 0.02)
+    save_safetensors(export_encoder_state_dict(model, 10), root / "encoder.safetensors")
+    manifest = {
+        "format": "ldae.weights.v1",
+        "tokenizers": {"pca_p4": {**_entry(root, "pca_p4.safetensors"), "patch_size": 4, "in_chans": 3,
+                                  "norm_mean": [0.5] * 3, "norm_std": [0.5] * 3, "models": ["ldae_vit_tiny_patch4_32"]}},
+        "weights": {TAG: {**_entry(root, "encoder.safetensors"), "params": 5_000_000, "tokenizer": "pca_p4", "noise": {"t": 10}}},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    files = tmp_path_factory.mktemp("files")
+    save_denoiser(model, ARGS, files / "denoiser.safetensors")
+    save_checkpoint({"model": model.state_dict(), "ema": None, "args": ARGS, "tokenizer": tok.metadata()}, files / "checkpoint.pth")
+    return root, files, model
+
+
+def _demo(argv):
+    return run_demo(get_args_parser().parse_args(argv))
+
+
+def _png(path):
+    img = Image.open(path)
+    assert np.std(np.asarray(img)) > 0
+    return img.size
+
+
+# ------------------------------------------------------------------------------------ the real manifest
+def test_demo_runs_offline_on_the_real_manifest(tmp_path, monkeypatch, offline, capsys):
+    monkeypatch.delenv("LDAE_WEIGHTS_DIR", raising=False)
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--limit", "2"]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "demo.json").read_text())
+    assert record["images"] == ["grace_hopper", "grace_hopper_face"]
+    for name in record["files"]:
+        assert f"wrote {out / name}" in printed
+    tags = released_tags()
+    assert record["trained"] == bool(tags)
+    if not tags:  # this release: no trained weights yet, so the demo says so and shows what it can
+        assert set(record["files"]) == {"bases.png", "noise.png", "features.safetensors"}
+        assert record["model"] == "ldae_vit_base, RANDOMLY INITIALISED (no trained weights released yet)"
+        assert "RANDOMLY INITIALISED" in printed and "no trained l-DAE weights are released" in printed
+        assert record["features_shape"] == [2, 768]
+        assert _png(out / "noise.png") == viz.grid_size(2, 3, (256, 256), title_lines=2)
+        assert _png(out / "bases.png") == viz.grid_size(2, 8, (64, 64), col_titles=False, title_lines=1)
+    else:
+        assert record["model"] == tags[0]
+    with safe_open(str(out / "features.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["names"]) == record["images"]
+        assert list(f.get_tensor("features").shape) == record["features_shape"]
+
+
+# ------------------------------------------------------------------------------------ a release with weights
+def test_demo_uses_the_first_released_tag(release, tmp_path, monkeypatch, offline):
+    root, _, model = release
+    monkeypatch.setenv("LDAE_WEIGHTS_DIR", str(root))
+    res = _demo(["--out", str(tmp_path), "--quiet"])
+    assert res.trained and res.model == TAG and res.denoiser is None
+    assert any("ships its encoder only" in n for n in res.notes)
+    assert "denoise.png" not in res.files and not (tmp_path / "denoise.png").exists()
+    # The features are the released encoder's: the l-DAE encoder folded at t=10, on the 32 px samples.
+    x, _ = load_images(None, 32, *DIT_NORM)
+    with torch.no_grad():
+        expected = export_to_timm(model, 10)(x)
+    torch.testing.assert_close(res.features, expected, atol=1e-4, rtol=1e-4)
+    # Figures use the release's own tokenizer (4x4 patches, 32 px images).
+    assert _png(tmp_path / "noise.png") == viz.grid_size(4, 3, (128, 128), title_lines=2)
+    assert _png(tmp_path / "bases.png") == viz.grid_size(2, 8, (64, 64), col_titles=False, title_lines=1)
+
+
+@pytest.mark.parametrize("kind", ["denoiser.safetensors", "checkpoint.pth"])
+def test_demo_with_a_full_model_adds_the_denoising_figure(release, kind, tmp_path, monkeypatch, offline):
+    root, files, model = release
+    monkeypatch.setenv("LDAE_WEIGHTS_DIR", str(root))
+    res = _demo(["--model", str(files / kind), "--out", str(tmp_path), "--quiet"])
+    assert res.denoiser == kind and res.trained
+    assert _png(tmp_path / "denoise.png") == viz.grid_size(4, 5, (128, 128), title_lines=1)
+    x, _ = load_images(None, 32, *DIT_NORM)
+    ex = viz.denoise_examples(model, x, seed=0)
+    expected = viz.denoising_figure([ex, viz.denoise_examples(model, x, 999, 0)], *DIT_NORM, f"Fig. 8: l-DAE denoising, {kind}")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "denoise.png")), np.asarray(expected))
+    with torch.no_grad():
+        torch.testing.assert_close(res.features, export_to_timm(model)(x), atol=1e-4, rtol=1e-4)
+
+
+def test_denoiser_file_round_trip(release, tmp_path):
+    _, files, model = release
+    loaded = load_denoiser_file(files / "denoiser.safetensors")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, atol=0, rtol=0)
+    half = save_denoiser(model, ARGS, tmp_path / "half.safetensors", dtype=torch.float16)
+    with safe_open(str(half), "pt") as f:
+        assert f.get_tensor("blocks.0.attn.qkv.weight").dtype == torch.float16
+        assert f.get_tensor("noise.tokenizer.components").dtype == torch.float32  # the PCA stays exact
+    with pytest.raises(ValueError, match=r"args lack the model flags \['num_levels'\]"):
+        save_denoiser(model, {k: v for k, v in ARGS.items() if k != "num_levels"}, tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="not an l-DAE denoiser file"):
+        load_denoiser_file(_tok_file(tmp_path))
+
+
+def _tok_file(tmp_path):
+    path = tmp_path / "tok.safetensors"
+    PatchPCA(torch.eye(12), torch.ones(12), torch.zeros(12), patch_size=2).save(path)
+    return path
+
+
+def test_load_denoiser_errors(release, monkeypatch, tmp_path):
+    root, _, _ = release
+    monkeypatch.setenv("LDAE_WEIGHTS_DIR", str(root))
+    with pytest.raises(ValueError, match=f"{TAG} ships only its encoder"):
+        load_denoiser(TAG)
+    with pytest.raises(ValueError, match="no released model ships its denoiser yet"):
+        load_denoiser(None)
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load_denoiser(str(tmp_path / "missing.pth"))
+
+
+# ------------------------------------------------------------------------------------ the user's images
+def test_demo_on_the_users_images(release, tmp_path, monkeypatch, offline):
+    root, _, _ = release
+    monkeypatch.setenv("LDAE_WEIGHTS_DIR", str(root))
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("b.png", "a.jpg"):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    res = _demo([str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert res.images == ["a.jpg", "b.png"]
+    assert res.features.shape == (2, 192)
+    with pytest.raises(FileNotFoundError, match="no such image file or folder: .*nope"):
+        _demo([str(tmp_path / "nope"), "--out", str(tmp_path / "out"), "--quiet"])
+    with pytest.raises(ValueError, match="notes.txt: not an image file"):
+        _demo([str(folder / "notes.txt"), "--out", str(tmp_path / "out"), "--quiet"])
