@@ -1,5 +1,25 @@
 """l-DAE: latent Denoising Autoencoders (Chen, Liu, Xie, He; arXiv:2401.14404).
 
-Importing this package registers the ``ldae_vit_*`` architectures with timm.
+Importing this package registers the ``ldae_vit_*`` architectures with timm::
+
+    import ldae, timm
+    backbone = timm.create_model("ldae_vit_base")          # a plain timm VisionTransformer
+    tokenizer = ldae.get_tokenizer("ldae_vit_base")        # the shipped 16x16x3 patch PCA
+    add_noise = ldae.get_noise_transform("ldae_vit_base", t=500)
 """
 __version__ = "0.1.0"
+
+from . import zoo  # noqa: E402,F401  (registers the models with timm)
+from .configs import SIZES, ModelSize, get_size  # noqa: E402
+from .export import export_to_timm, vit_kwargs  # noqa: E402
+from .model import LDAE, LDAEOutput, build_ldae  # noqa: E402
+from .noise import AddLatentNoise, LatentNoise  # noqa: E402
+from .schedule import build_schedule  # noqa: E402
+from .tokenizer import DIT_NORM, IMAGENET_NORM, PatchPCA  # noqa: E402
+from .weights import get_noise_config, get_noise_transform, get_tokenizer, load_manifest  # noqa: E402
+
+__all__ = [
+    "__version__", "zoo", "SIZES", "ModelSize", "get_size", "LDAE", "LDAEOutput", "build_ldae", "PatchPCA",
+    "DIT_NORM", "IMAGENET_NORM", "LatentNoise", "AddLatentNoise", "build_schedule", "export_to_timm",
+    "vit_kwargs", "get_tokenizer", "get_noise_transform", "get_noise_config", "load_manifest",
+]
