@@ -1,0 +1,362 @@
+"""``ldae export``: a pretraining checkpoint -> a timm / Hugging Face model folder.
+
+    ldae export runs/cifar/checkpoint.pth --out exports/ldae_vit_small_patch4_32.cifar10 --tag cifar10 \\
+        --metric knn_top1=81.2 --repo-id my-org/ldae_vit_small_patch4_32.cifar10 [--push]
+
+The encoder is folded at a fixed level t (default: the schedule's evaluation level, t = 10 of 1000)
+into a plain timm ``VisionTransformer`` (:mod:`ldae.export`) and written with timm's ``save_for_hf``
+(``config.json`` + ``model.safetensors``), together with the tokenizer (``tokenizer.safetensors``),
+a model card (``README.md``) and ``manifest_entry.json``, the entry that releases the file in
+``weights/manifest.json``. Before the folder appears (atomically), it is loaded back through
+``timm.create_model('local-dir:<folder>', pretrained=True)`` and its features are compared with the
+checkpoint's encoder. ``--push`` uploads the folder to the Hugging Face Hub in one commit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .configs import SIZES
+from .export import export_encoder_state_dict
+from .io import sha256_file
+from .model import LDAE
+from .tokenizer import DIT_NORM, PatchPCA
+from .weights import ARCH_PREFIX, EXPORT_CONFIG_KEY, EXPORT_TOKENIZER_FILE, NoiseConfig, load_manifest
+
+__all__ = ["get_args_parser", "main", "export_checkpoint", "model_card"]
+
+EXPORT_FORMAT = "ldae.export.v1"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Largest |difference| of pooled features, export vs. checkpoint encoder, accepted by the self-check.
+_CHECK_TOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        "ldae export",
+        add_help=add_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a pretraining checkpoint's encoder at a fixed t to a timm / Hugging Face folder.",
+        epilog=(
+            "example:\n"
+            "  ldae export runs/cifar/checkpoint.pth --out exports/cifar10 --tag cifar10 --metric knn_top1=81.2\n"
+            "then:  import ldae, timm; timm.create_model('local-dir:exports/cifar10', pretrained=True)"
+        ),
+    )
+    parser.add_argument("checkpoint", help="pretraining checkpoint (ldae.checkpoint format)")
+    parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--t", type=int, default=None, help="noise level the encoder is folded at (default: the schedule's eval level)")
+    parser.add_argument("--tag", default="custom", help="pretrained tag, e.g. the data set: <arch>.<tag> (default: custom)")
+    parser.add_argument("--no-ema", dest="ema", action="store_false", help="export the raw weights, not the EMA weights")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage dtype of model.safetensors")
+    parser.add_argument("--data", default=None, help="pretraining data, for the model card (default: from the checkpoint's args)")
+    parser.add_argument("--recipe", default=None, help="the command that pretrained the checkpoint, for the model card")
+    parser.add_argument("--metric", action="append", default=[], metavar="NAME=VALUE", help="a result to record (repeatable)")
+    parser.add_argument("--device-info", default="", help="hardware the pretraining ran on, e.g. '1x H100'")
+    parser.add_argument("--minutes", type=float, default=None, help="pretraining wall-clock minutes")
+    parser.add_argument("--caveat", action="append", default=[], help="a caveat for the model card (repeatable)")
+    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--repo-id", default=None, help="Hugging Face repo id <org>/<name> (model card usage; --push target)")
+    parser.add_argument("--push", action="store_true", help="upload the folder to --repo-id (needs network and a token)")
+    parser.add_argument("--private", action="store_true", help="create the hub repo private")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _parse_metrics(items: list[str]) -> dict[str, float]:
+    metrics = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            metrics[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--metric expects NAME=VALUE with a number, got {item!r}")
+    return metrics
+
+
+def _arch_and_overrides(model: LDAE, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The registered architecture of the checkpoint and the ViT kwargs that differ from it (enc_depth)."""
+    name = args.get("model")
+    if name not in SIZES:
+        raise ValueError(f"checkpoint args name model size {name!r}; expected one of {sorted(SIZES)}")
+    overrides = {"depth": model.enc_depth} if model.enc_depth != SIZES[name].enc_depth else {}
+    return ARCH_PREFIX + name, overrides
+
+
+def _norm(model: LDAE, args: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    tok = model.tokenizer
+    if tok is not None:  # pixels are normalised as the tokenizer was fitted
+        return tok.norm_mean, tok.norm_std
+    from .fit_pca import NORMS
+
+    return NORMS.get(str(args.get("norm", "dit")), DIT_NORM)
+
+
+def _data_name(args: dict[str, Any]) -> str:
+    for key in ("data", "data_path", "train_data"):
+        if args.get(key):
+            return str(args[key])
+    return "unknown"
+
+
+def _noise_config(model: LDAE, args: dict[str, Any], t: int) -> NoiseConfig:
+    return NoiseConfig(
+        t=t, d=model.d, whiten=model.noise.whiten, noise_space=model.noise.space,
+        schedule=str(args.get("schedule", "linear_sigma")), num_levels=model.schedule.num_levels,
+    )
+
+
+def _shipped_tokenizer_name(tok: PatchPCA) -> str | None:
+    """Name of a shipped tokenizer holding exactly these tensors (so a release can reuse its file)."""
+    manifest = load_manifest()
+    for name, entry in manifest.tokenizers.items():
+        if entry.patch_size != tok.patch_size or entry.in_chans != tok.in_chans:
+            continue
+        path = manifest.path(entry)
+        if path.is_file():
+            shipped = PatchPCA.load(path)
+            if all(torch.equal(getattr(shipped, k), getattr(tok, k)) for k in ("components", "eigenvalues", "mean")):
+                return name
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- model card
+def model_card(info: dict[str, Any]) -> str:
+    """README.md (Hugging Face model card with YAML front matter) of an export; ``info`` as built by :func:`export_checkpoint`."""
+    name, arch, noise = info["name"], info["arch"], info["noise"]
+    repo = info.get("repo_id") or "<org>/<name>"
+    metrics = info["metrics"]
+    lines = [
+        "---",
+        "tags:", "- image-feature-extraction", "- timm", "- ldae", "- self-supervised",
+        "library_name: timm",
+        f"license: {info['license']}",
+        "---",
+        f"# {name}",
+        "",
+        f"An l-DAE (latent denoising autoencoder, [arXiv:2401.14404](https://arxiv.org/abs/2401.14404)) encoder "
+        f"exported at the fixed noise level t = {noise['t']} as a plain timm `VisionTransformer` "
+        f"(no class token, average pooling, {info['num_features']}-dim features).",
+        "",
+        "## Model details",
+        f"- **Architecture:** `{arch}` ({info['depth']} blocks x {info['num_features']}, patch {info['patch_size']}, {info['img_size']} px)",
+        f"- **Parameters:** {info['params']:,}",
+        f"- **Pretraining data:** {info['data']}",
+        f"- **Pretraining:** {info['epoch']} epochs ({info['step']} steps){', EMA weights' if info['ema'] else ''}"
+        + (f"; {info['device']}" if info["device"] else "")
+        + (f", {info['minutes']:.0f} min" if info["minutes"] is not None else ""),
+        f"- **Noise:** {noise['noise_space']} space, d = {noise['d']}, whiten = {noise['whiten']}, "
+        f"schedule {noise['schedule']} over {noise['num_levels']} levels; features at t = {noise['t']}",
+        f"- **Input:** normalise with mean {list(info['mean'])}, std {list(info['std'])} "
+        f"(the tokenizer's), resize + center crop to {info['img_size']} px",
+        f"- **Files:** `model.safetensors` ({info['dtype']}), `config.json`, "
+        + ("`tokenizer.safetensors` (the patch PCA, for noising / continued pretraining)" if info["tokenizer"] else "no tokenizer (pixel-space noise)"),
+        "- **Paper:** Chen, Liu, Xie, He. Deconstructing Denoising Diffusion Models for Self-Supervised Learning. arXiv:2401.14404",
+        "",
+        "## Recipe",
+        "```",
+        info["recipe"] or "(pretraining command not recorded; the checkpoint's arguments follow)",
+        "```",
+        "<details><summary>checkpoint arguments</summary>",
+        "",
+        "```json",
+        json.dumps(info["pretrain_args"], indent=1, sort_keys=True, default=str),
+        "```",
+        "</details>",
+        "",
+        "## Metrics",
+    ]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:g} |" for k, v in metrics.items()]
+    else:
+        lines.append("None recorded with this export.")
+    lines += [
+        "",
+        "## Usage",
+        "```python",
+        "import ldae  # registers the ldae_vit_* architectures: import it before creating the model",
+        "import timm",
+        f"model = timm.create_model('hf-hub:{repo}', pretrained=True).eval()",
+        "cfg = timm.data.resolve_model_data_config(model)",
+        "transform = timm.data.create_transform(**cfg)",
+        "features = model(transform(img).unsqueeze(0))             # (1, D) pooled",
+        "tokens = model.forward_features(transform(img).unsqueeze(0))  # (1, N, D)",
+        f"tokenizer = ldae.get_tokenizer('hf-hub:{repo}')",
+        f"add_noise = ldae.get_noise_transform('hf-hub:{repo}', t=500)",
+        "```",
+        "",
+        "## Caveats",
+        "- `import ldae` must run before `timm.create_model`: timm does not discover out-of-tree architectures.",
+        f"- The features are the encoder's at t = {noise['t']}; other levels need the full pretraining checkpoint.",
+        "- Numbers measured on small data (e.g. CIFAR-10 JPEG copy) are not comparable with the paper's ImageNet results.",
+    ] + [f"- {c}" for c in info["caveats"]] + [
+        "",
+        "## Citation",
+        "```bibtex",
+        "@article{chen2024deconstructing,",
+        "  title={Deconstructing Denoising Diffusion Models for Self-Supervised Learning},",
+        "  author={Chen, Xinlei and Liu, Zhuang and Xie, Saining and He, Kaiming},",
+        "  journal={arXiv preprint arXiv:2401.14404},",
+        "  year={2024}",
+        "}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- export
+@torch.no_grad()
+def export_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """Write the export folder ``args.out`` (atomically) and return what it describes."""
+    import timm
+    from timm.models import save_for_hf
+
+    out = Path(args.out)
+    if out.exists() and not (args.overwrite and out.is_dir()):
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    if args.push and not args.repo_id:
+        raise ValueError("--push needs --repo-id <org>/<name>")
+    if not args.tag or "." in args.tag or "/" in args.tag:
+        raise ValueError(f"--tag must be a non-empty name without '.' or '/', got {args.tag!r}")
+    metrics = _parse_metrics(args.metric)
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, use_ema=args.ema)
+    pre_args = dict(ckpt["args"])
+    t = model.schedule.eval_t if args.t is None else int(args.t)
+    model.schedule.check_t(torch.tensor([t]))
+    arch, overrides = _arch_and_overrides(model, pre_args)
+    mean, std = _norm(model, pre_args)
+    noise = _noise_config(model, pre_args, t)
+
+    vit = timm.create_model(arch, pretrained=False, **overrides)
+    vit.load_state_dict(export_encoder_state_dict(model, t), strict=True)
+    vit.pretrained_cfg = {
+        **vit.pretrained_cfg, "tag": args.tag, "mean": tuple(mean), "std": tuple(std), "license": args.license,
+        "description": f"l-DAE encoder at t={t}, pretrained on {args.data or _data_name(pre_args)}",
+    }
+    vit.eval().to(DTYPES[args.dtype])
+    tok = model.tokenizer
+    info: dict[str, Any] = {
+        "name": f"{arch}.{args.tag}", "arch": arch, "tag": args.tag, "repo_id": args.repo_id,
+        "params": sum(p.numel() for p in vit.parameters()), "num_features": vit.num_features,
+        "depth": model.enc_depth, "patch_size": model.size.patch_size, "img_size": model.size.img_size,
+        "data": args.data or _data_name(pre_args), "recipe": args.recipe or "", "device": args.device_info,
+        "minutes": args.minutes, "metrics": metrics, "license": args.license, "caveats": list(args.caveat),
+        "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "ema": args.ema and ckpt.get("ema") is not None,
+        "noise": noise.to_dict(), "mean": mean, "std": std, "dtype": args.dtype, "tokenizer": tok is not None,
+        "pretrain_args": pre_args,
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tok_meta = None
+        if tok is not None:
+            tok.save(tmp / EXPORT_TOKENIZER_FILE, extra_metadata={"source": f"checkpoint {Path(args.checkpoint).name}"})
+            tok_meta = {"file": EXPORT_TOKENIZER_FILE, "sha256": sha256_file(tmp / EXPORT_TOKENIZER_FILE),
+                        "bytes": (tmp / EXPORT_TOKENIZER_FILE).stat().st_size}
+        section = {
+            "format": EXPORT_FORMAT, "size": pre_args["model"], "enc_depth": model.enc_depth, "noise": noise.to_dict(),
+            "tokenizer": tok_meta, "checkpoint": {"file": Path(args.checkpoint).name, "epoch": info["epoch"],
+                                                  "step": info["step"], "ema": info["ema"]},
+        }
+        save_for_hf(vit, tmp, model_config={EXPORT_CONFIG_KEY: section}, model_args=overrides or None, safe_serialization=True)
+        (tmp / "README.md").write_text(model_card(info))
+        info["check_max_abs_diff"] = _self_check(model, tmp, t, args.dtype)
+        info["manifest_entry"] = None
+        if not overrides:  # weights/ releases the registered sizes (a manifest cfg cannot carry model args)
+            info["manifest_entry"] = _manifest_entry(info, tmp, tok)
+            (tmp / "manifest_entry.json").write_text(json.dumps(info["manifest_entry"], indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    if args.push:
+        _push(out, args.repo_id, args.private, info["name"])
+    return info
+
+
+def _self_check(model: LDAE, folder: Path, t: int, dtype: str) -> float:
+    """Load the folder back through timm's local-dir path and compare features with the checkpoint's encoder."""
+    import timm
+
+    size = model.size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, size.in_chans, size.img_size, size.img_size, generator=gen).clamp(-1, 1)  # (2, C, H, W)
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    diff = float((loaded(x) - model.forward_features(x, t)).abs().max())
+    if not math.isfinite(diff) or diff > _CHECK_TOL[dtype]:
+        raise RuntimeError(f"export self-check failed: features differ from the checkpoint's encoder by {diff:.3g} "
+                           f"(> {_CHECK_TOL[dtype]} for {dtype}); nothing was written")
+    return diff
+
+
+def _manifest_entry(info: dict[str, Any], folder: Path, tok: PatchPCA | None) -> dict[str, Any]:
+    """The ``weights/manifest.json`` fragment that releases this export (file renamed to ``<name>.safetensors``)."""
+    weights_file = folder / "model.safetensors"
+    entry: dict[str, Any] = {
+        "file": f"{info['name']}.safetensors", "sha256": sha256_file(weights_file), "bytes": weights_file.stat().st_size,
+        "params": info["params"], "tokenizer": None, "noise": info["noise"], "data": info["data"],
+        "recipe": info["recipe"], "device": info["device"], "minutes": info["minutes"], "metrics": info["metrics"],
+        "license": info["license"], "description": f"l-DAE encoder at t={info['noise']['t']}, pretrained on {info['data']}",
+    }
+    fragment: dict[str, Any] = {"weights": {info["name"]: entry}, "tokenizers": {}}
+    if tok is not None:
+        shipped = _shipped_tokenizer_name(tok)
+        if shipped is None:  # a tokenizer of its own: release it too
+            shipped = f"pca_p{tok.patch_size}_{info['tag']}"
+            tfile = folder / EXPORT_TOKENIZER_FILE
+            fragment["tokenizers"][shipped] = {
+                "file": f"{shipped}.safetensors", "sha256": sha256_file(tfile), "bytes": tfile.stat().st_size,
+                "patch_size": tok.patch_size, "in_chans": tok.in_chans, "norm_mean": list(tok.norm_mean),
+                "norm_std": list(tok.norm_std), "models": [], "data": info["data"], "images": tok.num_images,
+                "patches": tok.num_patches, "img_size": info["img_size"], "command": info["recipe"], "license": info["license"],
+            }
+        entry["tokenizer"] = shipped
+    return fragment
+
+
+def _push(folder: Path, repo_id: str, private: bool, name: str) -> None:
+    # One upload_folder commit carries the model card and the tokenizer too, which
+    # timm.models.push_to_hf_hub (weights + config + a generated card) would leave out.
+    from huggingface_hub import HfApi
+
+    api = HfApi(library_name="timm")
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=f"Add {name} (ldae export)")
+    print(f"pushed {folder} to https://huggingface.co/{repo_id}")
+
+
+def main(args: argparse.Namespace) -> int:
+    info = export_checkpoint(args)
+    out = Path(args.out)
+    print(f"exported {info['name']} ({info['params']:,} parameters, t = {info['noise']['t']}) to {out}")
+    print(f"self-check: max |features - checkpoint encoder| = {info['check_max_abs_diff']:.3g}")
+    print(f"load it with: import ldae, timm; timm.create_model('local-dir:{out}', pretrained=True)")
+    if info["manifest_entry"] is None:
+        print("not a registered size (custom encoder depth): load it through local-dir: or hf-hub:, weights/ cannot release it")
+        return 0
+    copies = [f"{out / 'model.safetensors'} -> weights/{info['name']}.safetensors"]
+    copies += [f"{out / 'tokenizer.safetensors'} -> weights/{e['file']}" for e in info["manifest_entry"]["tokenizers"].values()]
+    print("release it in weights/: copy " + ", ".join(copies) + f", and merge {out / 'manifest_entry.json'} into weights/manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,188 @@
+"""``ldae export``: checkpoint -> timm / HF folder, loaded back via local-dir:, an offline hf-hub cache and weights/."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import ldae
+from ldae import weights as W
+from ldae.builder import add_model_args, build_model_from_args
+from ldae.checkpoint import save_checkpoint
+from ldae.export import export_to_timm
+from ldae.publish import _shipped_tokenizer_name, get_args_parser, main
+from ldae.tokenizer import PatchPCA
+
+ARCH = "ldae_vit_tiny_patch4_32"
+
+
+def make_checkpoint(path: Path, *flags: str, seed: int = 0):
+    """A tiny_patch4_32 pretraining checkpoint with random (non-zero) adaLN and output layers."""
+    args = add_model_args(argparse.ArgumentParser()).parse_args(["--model", "tiny_patch4_32", *flags])
+    g = torch.Generator().manual_seed(seed)
+    tok = PatchPCA.fit([torch.rand(16, 3, 32, 32, generator=g) * 2 - 1], 4)
+    torch.manual_seed(seed)
+    model = build_model_from_args(args, tok).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adaLN_modulation" in name or "final_layer" in name:
+                p.normal_(0, 0.02, generator=g)
+    save_checkpoint({"model": model.state_dict(), "ema": None, "optimizer": {}, "step": 7, "epoch": 1,
+                     "args": {**vars(args), "data": "cifar10-jpeg.tar.gz"}, "tokenizer": tok.metadata()}, path)
+    return model
+
+
+def export(tmp_path: Path, ckpt: Path, *flags: str) -> Path:
+    out = tmp_path / "export"
+    assert main(get_args_parser().parse_args([str(ckpt), "--out", str(out), *flags])) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("publish")
+    model = make_checkpoint(tmp / "checkpoint.pth")
+    out = export(tmp, tmp / "checkpoint.pth", "--tag", "demo", "--metric", "knn_top1=12.5", "--repo-id", "ldae-test/tiny",
+                 "--recipe", "ldae pretrain --model tiny_patch4_32", "--device-info", "1x H100", "--minutes", "3")
+    return model, out
+
+
+def test_folder_contents_and_model_card(exported):
+    model, out = exported
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "manifest_entry.json", "model.safetensors", "tokenizer.safetensors"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".export.")]  # no temporary folder left behind
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == ARCH and config["num_classes"] == 0
+    assert config["pretrained_cfg"]["tag"] == "demo" and config["pretrained_cfg"]["mean"] == [0.5] * 3
+    assert config["ldae"]["noise"] == {"t": 10, "d": 16, "whiten": True, "noise_space": "latent", "schedule": "linear_sigma", "num_levels": 1000}
+    card = (out / "README.md").read_text()
+    for text in ("library_name: timm", "| knn_top1 | 12.5 |", "ldae pretrain --model tiny_patch4_32", "1x H100, 3 min",
+                 "timm.create_model('hf-hub:ldae-test/tiny', pretrained=True)", "## Caveats", "cifar10-jpeg.tar.gz", "arXiv:2401.14404"):
+        assert text in card
+
+
+def test_local_dir_load_is_the_fixed_t_encoder(exported):
+    model, out = exported
+    x = torch.randn(3, 3, 32, 32)
+    m = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(m(x), export_to_timm(model, 10)(x))
+        torch.testing.assert_close(m(x), model.forward_features(x, 10), rtol=0, atol=1e-5)
+    assert torch.equal(ldae.get_tokenizer(f"local-dir:{out}").components, model.tokenizer.components)
+    assert ldae.get_noise_config(f"local-dir:{out}") == W.NoiseConfig(t=10, d=16)
+
+
+def test_hf_hub_cache_round_trip_offline(exported, tmp_path, monkeypatch):
+    import huggingface_hub.constants as C
+
+    model, out = exported
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--ldae-test--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(out, repo / "snapshots" / commit)
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+    m = timm.create_model("hf-hub:ldae-test/tiny", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), export_to_timm(model, 10)(x))
+    assert m.pretrained_cfg["hf_hub_id"] == "ldae-test/tiny"
+    assert torch.equal(ldae.get_tokenizer("hf-hub:ldae-test/tiny").mean, model.tokenizer.mean)
+    add_noise = ldae.get_noise_transform("hf-hub:ldae-test/tiny", t=0)
+    torch.testing.assert_close(add_noise(x[0]), model.tokenizer.project(x[:1], 16)[0], rtol=0, atol=1e-5)
+
+
+def test_manifest_entry_releases_the_export(exported, tmp_path, monkeypatch):
+    """The printed release step: copy model.safetensors (and the new tokenizer) to weights/, merge the entry."""
+    model, out = exported
+    fragment = json.loads((out / "manifest_entry.json").read_text())
+    name = f"{ARCH}.demo"
+    entry = fragment["weights"][name]
+    assert entry["params"] == sum(p.numel() for p in export_to_timm(model).parameters()) and entry["metrics"] == {"knn_top1": 12.5}
+    (tok_name, tok_entry), = fragment["tokenizers"].items()  # a tokenizer of its own: released with it
+    shutil.copy(out / "model.safetensors", tmp_path / entry["file"])
+    shutil.copy(out / "tokenizer.safetensors", tmp_path / tok_entry["file"])
+    manifest = json.loads((W.weights_dir() / "manifest.json").read_text())
+    manifest["weights"].update(fragment["weights"])
+    manifest["tokenizers"].update(fragment["tokenizers"])
+    for t in manifest["tokenizers"].values():
+        if not (tmp_path / t["file"]).exists():
+            shutil.copy(W.weights_dir() / t["file"], tmp_path / t["file"])
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv(W.WEIGHTS_DIR_ENV, str(tmp_path))
+    m = timm.create_model(ARCH, pretrained=True).eval()  # the new tag is the default
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), export_to_timm(model, 10)(x))
+    assert ldae.get_tokenizer(name).num_patches == model.tokenizer.num_patches
+    assert ldae.get_noise_config(name) == W.NoiseConfig(t=10, d=16)
+
+
+def test_reuses_a_shipped_tokenizer():
+    assert _shipped_tokenizer_name(ldae.get_tokenizer(ARCH)) == "pca_p4_cifar10"
+    assert _shipped_tokenizer_name(PatchPCA.fit([torch.rand(4, 3, 8, 8)], 4)) is None
+
+
+def test_custom_depth_bf16_export(tmp_path):
+    model = make_checkpoint(tmp_path / "c.pth", "--enc-depth", "3", "--schedule", "single")
+    out = export(tmp_path, tmp_path / "c.pth", "--dtype", "bfloat16", "--tag", "d3")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_args"]["depth"] == 3 and config["ldae"]["noise"]["t"] == 408  # the single level
+    assert not (out / "manifest_entry.json").exists()  # weights/ releases registered sizes only
+    m = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert len(m.blocks) == 3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), model.forward_features(x, 408), rtol=0, atol=5e-2)
+    assert (out / "model.safetensors").stat().st_size < 0.6 * 4 * sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("flags, error, message", [
+    (["--t", "1000"], ValueError, "noise level t must be integers in [0, 999], got [1000]"),
+    (["--metric", "top1"], ValueError, "--metric expects NAME=VALUE with a number, got 'top1'"),
+    (["--push"], ValueError, "--push needs --repo-id <org>/<name>"),
+    (["--tag", "a.b"], ValueError, "--tag must be a non-empty name without '.' or '/', got 'a.b'"),
+])
+def test_bad_flags_fail_before_writing(exported, tmp_path, flags, error, message):
+    ckpt = tmp_path / "missing.pth"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"checkpoint not found: {ckpt}")):
+        export(tmp_path, ckpt)
+    shutil.copy(exported[1].parent / "checkpoint.pth", tmp_path / "c.pth")
+    with pytest.raises(error, match=re.escape(message)):
+        export(tmp_path, tmp_path / "c.pth", *flags)
+    assert not (tmp_path / "export").exists()
+
+
+def test_existing_folder_needs_overwrite(exported, tmp_path):
+    (tmp_path / "export").mkdir()
+    with pytest.raises(FileExistsError, match="exists; pass --overwrite to replace it"):
+        export(tmp_path, exported[1].parent / "checkpoint.pth")
+
+
+def test_push_uploads_the_whole_folder_once(exported, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, **kw):
+            calls.append(("init", kw))
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create_repo", repo_id, private))
+            return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    export(tmp_path, exported[1].parent / "checkpoint.pth", "--tag", "demo", "--repo-id", "org/name", "--push", "--private")
+    assert calls[1:] == [("create_repo", "org/name", True),
+                         ("upload_folder", "org/name", ["README.md", "config.json", "manifest_entry.json", "model.safetensors", "tokenizer.safetensors"])]
