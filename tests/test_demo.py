@@ -8,19 +8,13 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from _tiny_release import ARGS, TAG, make_release
 from ldae import cli, viz
-from ldae.checkpoint import save_checkpoint
 from ldae.demo import get_args_parser, run_demo
-from ldae.export import export_encoder_state_dict, export_to_timm
-from ldae.io import save_safetensors, sha256_file
-from ldae.model import LDAE
+from ldae.export import export_to_timm
 from ldae.samples import load_images
 from ldae.sources import load_denoiser, load_denoiser_file, released_tags, save_denoiser
 from ldae.tokenizer import DIT_NORM, PatchPCA
-
-TAG = "ldae_vit_tiny_patch4_32.test"
-ARGS = dict(model="tiny_patch4_32", d=None, whiten=True, noise_space="latent", schedule="linear_sigma",
-            tail_weight=0.1, enc_depth=None, cond_ratio=0.25, num_levels=1000)
 
 
 @pytest.fixture
@@ -33,37 +27,10 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def _entry(root, name):
-    return {"file": name, "sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size}
-
-
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    """A weights folder releasing a (random, non-trivial) tiny l-DAE: tokenizer, encoder, manifest, and
-    the full model as a denoiser file and as a pretraining checkpoint."""
-    root = tmp_path_factory.mktemp("weights")
-    g = torch.Generator().manual_seed(0)
-    x = torch.nn.functional.interpolate(torch.rand(64, 3, 8, 8, generator=g), size=32, mode="bilinear") * 2 - 1
-    tok = PatchPCA.fit([x], 4)
-    tok.save(root / "pca_p4.safetensors")
-    torch.manual_seed(0)
-    model = LDAE("tiny_patch4_32", tok).eval()
-    with torch.no_grad():  # leave adaLN-Zero's zero init, so the model's output depends on its weights
-        for name, p in model.named_parameters():
-            if "adaLN_modulation" in name or "final_layer" in name:
-                p.normal_(0, 0.02)
-    save_safetensors(export_encoder_state_dict(model, 10), root / "encoder.safetensors")
-    manifest = {
-        "format": "ldae.weights.v1",
-        "tokenizers": {"pca_p4": {**_entry(root, "pca_p4.safetensors"), "patch_size": 4, "in_chans": 3,
-                                  "norm_mean": [0.5] * 3, "norm_std": [0.5] * 3, "models": ["ldae_vit_tiny_patch4_32"]}},
-        "weights": {TAG: {**_entry(root, "encoder.safetensors"), "params": 5_000_000, "tokenizer": "pca_p4", "noise": {"t": 10}}},
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    files = tmp_path_factory.mktemp("files")
-    save_denoiser(model, ARGS, files / "denoiser.safetensors")
-    save_checkpoint({"model": model.state_dict(), "ema": None, "args": ARGS, "tokenizer": tok.metadata()}, files / "checkpoint.pth")
-    return root, files, model
+    root, files = tmp_path_factory.mktemp("weights"), tmp_path_factory.mktemp("files")
+    return root, files, make_release(root, files)
 
 
 def _demo(argv):
