@@ -15,8 +15,8 @@ Releasing a checkpoint is one ``weights`` entry plus its file (``ldae export`` p
 Files are plain safetensors next to the manifest and are checked (size, then sha256) before anything
 is read, so a truncated or corrupted copy is refused with a message naming the file.
 
-The folder is ``$LDAE_WEIGHTS_DIR`` when set, else ``weights/`` beside the package (a source
-checkout or editable install), else ``ldae/_weights`` inside an installed wheel.
+The folder is ``$LDAE_WEIGHTS_DIR`` when set, else ``ldae/_weights`` inside an installed wheel,
+else ``weights/`` at the repository root (a source checkout or an editable install).
 """
 from __future__ import annotations
 
@@ -153,7 +153,9 @@ class Manifest:
 # ---------------------------------------------------------------------------------------------- loading
 def _package_weights_dirs() -> list[Path]:
     here = Path(__file__).resolve().parent
-    return [here.parent / "weights", here / "_weights"]
+    # An installed wheel carries weights/ as ldae/_weights (setup.cfg); a source checkout or an
+    # editable install reads weights/ at the repository root.
+    return [here / "_weights", here.parent / "weights"]
 
 
 def weights_dir() -> Path:
@@ -162,7 +164,7 @@ def weights_dir() -> Path:
     if env:
         return Path(env).expanduser()
     candidates = _package_weights_dirs()
-    return next((p for p in candidates if (p / "manifest.json").is_file()), candidates[0])
+    return next((p for p in candidates if (p / "manifest.json").is_file()), candidates[-1])
 
 
 def _check_file_name(name: Any, where: str) -> str:
