@@ -70,7 +70,7 @@ def denoiser_tags() -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- the file format
 def save_denoiser(model: LDAE, args: Mapping[str, Any], path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
-    """Write ``model`` (state dict in ``dtype``, tokenizer buffers kept in float32) as a denoiser file.
+    """Write ``model`` (parameters in ``dtype``; buffers such as the PCA basis stay float32) as a denoiser file.
 
     ``args`` are the model flags it was built from (a checkpoint's ``args``; only
     :data:`ldae.builder.MODEL_ARG_NAMES` are kept).
@@ -78,7 +78,8 @@ def save_denoiser(model: LDAE, args: Mapping[str, Any], path: str | os.PathLike,
     missing = [k for k in MODEL_ARG_NAMES if k not in args]
     if missing:
         raise ValueError(f"save_denoiser: args lack the model flags {missing} (pass the checkpoint's args)")
-    sd = {k: (v.to(dtype) if v.is_floating_point() and not k.startswith("noise.tokenizer.") else v) for k, v in model.state_dict().items()}
+    params = {name for name, _ in model.named_parameters()}  # buffers (PCA basis, pos_embed) stay exact
+    sd = {k: (v.to(dtype) if k in params and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     meta = {"format": DENOISER_FORMAT, "args": json.dumps({k: args[k] for k in MODEL_ARG_NAMES})}
     if model.tokenizer is not None:
         meta["tokenizer"] = json.dumps(model.tokenizer.metadata())

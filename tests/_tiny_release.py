@@ -2,8 +2,10 @@
 
 ``make_release(root, files)`` writes into ``root`` a 4x4-patch PCA tokenizer, the encoder of a
 ``tiny_patch4_32`` l-DAE exported at t=10 and a ``manifest.json`` releasing it as :data:`TAG`, and into
-``files`` the full model as a denoiser file and as a pretraining checkpoint. The model's adaLN and
-output layers are drawn at random (not adaLN-Zero's zeros), so its outputs depend on its weights.
+``files`` the full model as a denoiser file and as a pretraining checkpoint; ``ship_denoiser=True``
+also releases the denoiser (float16, under the per-file cap) in the manifest entry. The model's adaLN
+and output layers are drawn at random (not adaLN-Zero's zeros), so its outputs depend on its weights,
+and every weight is rounded to float16 once, so the float16 release holds exactly this model.
 """
 import json
 from pathlib import Path
@@ -26,7 +28,7 @@ def _entry(root: Path, name: str) -> dict:
     return {"file": name, "sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size}
 
 
-def make_release(root: Path, files: Path) -> LDAE:
+def make_release(root: Path, files: Path, ship_denoiser: bool = False) -> LDAE:
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.interpolate(torch.rand(64, 3, 8, 8, generator=g), size=32, mode="bilinear") * 2 - 1
     tok = PatchPCA.fit([x], 4)
@@ -37,6 +39,7 @@ def make_release(root: Path, files: Path) -> LDAE:
         for name, p in model.named_parameters():
             if "adaLN_modulation" in name or "final_layer" in name:
                 p.normal_(0, 0.02)
+            p.copy_(p.half().float())
     save_safetensors(export_encoder_state_dict(model, 10), root / "encoder.safetensors")
     manifest = {
         "format": "ldae.weights.v1",
@@ -44,6 +47,9 @@ def make_release(root: Path, files: Path) -> LDAE:
                                   "norm_mean": [0.5] * 3, "norm_std": [0.5] * 3, "models": ["ldae_vit_tiny_patch4_32"]}},
         "weights": {TAG: {**_entry(root, "encoder.safetensors"), "params": 5_000_000, "tokenizer": "pca_p4", "noise": {"t": 10}}},
     }
+    if ship_denoiser:
+        save_denoiser(model, ARGS, root / "denoiser.safetensors", dtype=torch.float16)
+        manifest["weights"][TAG]["denoiser"] = _entry(root, "denoiser.safetensors")
     (root / "manifest.json").write_text(json.dumps(manifest))
     save_denoiser(model, ARGS, files / "denoiser.safetensors")
     save_checkpoint({"model": model.state_dict(), "ema": None, "args": ARGS, "tokenizer": tok.metadata()}, files / "checkpoint.pth")

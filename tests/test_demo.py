@@ -15,6 +15,7 @@ from ldae.export import export_to_timm
 from ldae.samples import load_images
 from ldae.sources import load_denoiser, load_denoiser_file, released_tags, save_denoiser
 from ldae.tokenizer import DIT_NORM, PatchPCA
+from ldae.weights import WeightsIntegrityError
 
 
 @pytest.fixture
@@ -110,7 +111,8 @@ def test_denoiser_file_round_trip(release, tmp_path):
     half = save_denoiser(model, ARGS, tmp_path / "half.safetensors", dtype=torch.float16)
     with safe_open(str(half), "pt") as f:
         assert f.get_tensor("blocks.0.attn.qkv.weight").dtype == torch.float16
-        assert f.get_tensor("noise.tokenizer.components").dtype == torch.float32  # the PCA stays exact
+        assert f.get_tensor("noise.tokenizer.components").dtype == torch.float32  # buffers stay exact
+        assert f.get_tensor("pos_embed").dtype == torch.float32
     with pytest.raises(ValueError, match=r"args lack the model flags \['num_levels'\]"):
         save_denoiser(model, {k: v for k, v in ARGS.items() if k != "num_levels"}, tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="not an l-DAE denoiser file"):
@@ -121,6 +123,26 @@ def _tok_file(tmp_path):
     path = tmp_path / "tok.safetensors"
     PatchPCA(torch.eye(12), torch.ones(12), torch.zeros(12), patch_size=2).save(path)
     return path
+
+
+def test_demo_with_a_released_denoiser(tmp_path_factory, monkeypatch, offline):
+    root, files = tmp_path_factory.mktemp("weights"), tmp_path_factory.mktemp("files")
+    model = make_release(root, files, ship_denoiser=True)
+    monkeypatch.setenv("LDAE_WEIGHTS_DIR", str(root))
+    assert load_denoiser(None)[1] == TAG  # the default denoiser: the first tag that ships one
+    out = tmp_path_factory.mktemp("demo")
+    res = _demo(["--out", str(out), "--quiet"])
+    assert res.model == TAG and res.denoiser == TAG and not res.notes
+    x, _ = load_images(None, 32, *DIT_NORM)
+    runs = [viz.denoise_examples(model, x, t, 0) for t in (None, 999)]
+    expected = viz.denoising_figure(runs, *DIT_NORM, f"Fig. 8: l-DAE denoising, {TAG}")
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "denoise.png")), np.asarray(expected))
+    # A damaged release is refused before anything reads it.
+    with open(root / "denoiser.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\0\0\0\1")
+    with pytest.raises(WeightsIntegrityError, match="denoiser: .* has sha256 .* the manifest expects"):
+        load_denoiser(TAG)
 
 
 def test_load_denoiser_errors(release, monkeypatch, tmp_path):
