@@ -31,7 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 EXAMPLES: dict[str, str] = {
     "demo": "ldae demo                                   # offline, bundled images -> ./ldae-demo/",
     "fit-pca": "ldae fit-pca /data/imagenet --split train --img-size 256 --patch-size 16 --out pca.safetensors",
-    "fit-tokenizer": "ldae fit-tokenizer /data/imagenet --kind vae --out vae.safetensors",
+    "fit-tokenizer": "ldae fit-tokenizer /data/imagenet --kind vae --d 32 --patch-size 16 --img-size 256 --out vae.safetensors",
     "pretrain": "torchrun --nproc_per_node 8 -m ldae.pretrain --data /data/imagenet --tokenizer pca.safetensors",
     "probe": "ldae probe --model ldae_vit_small_patch4_32.cifar10 --data cifar10-jpeg.tar.gz",
     "knn": "ldae knn --model ldae_vit_small_patch4_32.cifar10 --data cifar10-jpeg.tar.gz",
