@@ -35,6 +35,7 @@ from .io import atomic_path, save_safetensors
 from .progress import progress
 from .samples import load_images
 from .sources import DEFAULT_TOKENIZER_ARCH, denoiser_tags, load_denoiser, load_tokenizer, released_tags
+from .tokenizer import DIT_NORM
 
 __all__ = ["get_args_parser", "main", "run_demo", "DemoResult"]
 
@@ -92,7 +93,8 @@ def _features(spec: str, trained: bool, paths: list[str] | None, limit: int, den
         from .export import export_to_timm  # a denoiser file: fold its encoder at the eval level
 
         model, tok = export_to_timm(denoiser), denoiser.tokenizer
-        mean, std, img_size = tok.norm_mean, tok.norm_std, denoiser.size.img_size
+        mean, std = (tok.norm_mean, tok.norm_std) if tok is not None else DIT_NORM
+        img_size = denoiser.size.img_size
         desc = f"encoder of {Path(spec).name} at t={denoiser.schedule.eval_t}"
     else:
         backbone = create_backbone(spec, pretrained=trained)

@@ -21,6 +21,7 @@ from . import viz
 from .metrics_log import read_jsonl
 from .samples import load_images
 from .sources import load_denoiser, load_tokenizer
+from .tokenizer import DIT_NORM
 
 __all__ = ["get_args_parser", "main"]
 
@@ -109,12 +110,13 @@ def _figure(args: argparse.Namespace):
                  f"tokenizer {name}; images: {', '.join(names)}"]
         return viz.noise_figure(cmp, tok, title), title[0]
     model, name = load_denoiser(args.model)
-    size = model.size
-    x, names = load_images(args.images, size.img_size, model.tokenizer.norm_mean, model.tokenizer.norm_std, args.limit)
+    tok = model.tokenizer  # None for a pixel-noise model: pixels in DiT's [-1, 1]
+    mean, std = (tok.norm_mean, tok.norm_std) if tok is not None else DIT_NORM
+    x, names = load_images(args.images, model.size.img_size, mean, std, args.limit)
     levels = args.t if args.t is not None else [None]
     runs = [viz.denoise_examples(model, x, t, args.seed) for t in levels]
     title = [f"Fig. 8: l-DAE denoising, model {name}", f"images: {', '.join(names)}"]
-    return viz.denoising_figure(runs, model.tokenizer.norm_mean, model.tokenizer.norm_std, title), title[0]
+    return viz.denoising_figure(runs, mean, std, title), title[0]
 
 
 def main(args: argparse.Namespace) -> int:

@@ -187,3 +187,26 @@ def test_figures_subcommand_writes_each_kind(tmp_path, tok):
     assert sizes["curves.png"] == (640, 240)
     with pytest.raises(FileNotFoundError, match="training log not found: .*nope.jsonl"):
         figures_main(parser.parse_args(["curves", str(tmp_path / "nope.jsonl")]))
+
+
+def test_figures_denoise_subcommand(tmp_path):
+    from ldae.sources import save_denoiser
+
+    model = LDAE("tiny_patch4_32", PatchPCA.fit([_smooth_images(16, seed=1)], P))
+    args = dict(model="tiny_patch4_32", d=None, whiten=True, noise_space="latent", schedule="linear_sigma",
+                tail_weight=0.1, enc_depth=None, cond_ratio=0.25, num_levels=1000)
+    path = save_denoiser(model, args, tmp_path / "denoiser.safetensors")
+    for i, x in enumerate(_smooth_images(2, seed=6)):
+        arr = ((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"img{i}.png")
+    out = tmp_path / "denoise.png"
+    argv = ["denoise", str(tmp_path / "img0.png"), str(tmp_path / "img1.png"), "--model", str(path), "--t", "100", "500",
+            "--out", str(out), "--quiet"]
+    assert figures_main(figures_parser().parse_args(argv)) == 0
+    img = Image.open(out)
+    assert img.size == viz.grid_size(2, 5, (128, 128), title_lines=2)
+    top = viz.PAD + 3 * viz.LINE
+    for col in (2, 4):  # a fresh adaLN-Zero model denoises to exactly 0: mid-grey
+        assert (_panel(img, 1, col, 128, top) == 128).all()
+    noisy_lo, noisy_hi, clean = (_panel(img, 0, c, 128, top).astype(int) for c in (1, 3, 0))
+    assert 0 < np.abs(noisy_lo - clean).mean() < np.abs(noisy_hi - clean).mean()  # t=500 is noisier than t=100
