@@ -91,7 +91,10 @@ def _arch_and_overrides(model: LDAE, args: dict[str, Any]) -> tuple[str, dict[st
     """The registered architecture of the checkpoint and the ViT kwargs that differ from it (enc_depth)."""
     name = args.get("model")
     if name not in SIZES:
-        raise ValueError(f"checkpoint args name model size {name!r}; expected one of {sorted(SIZES)}")
+        raise ValueError(
+            f"the checkpoint's model size {name!r} is not a registered ldae_vit_* size {sorted(SIZES)}; "
+            "export it with ldae.export.export_to_timm instead"
+        )
     overrides = {"depth": model.enc_depth} if model.enc_depth != SIZES[name].enc_depth else {}
     return ARCH_PREFIX + name, overrides
 

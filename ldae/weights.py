@@ -27,8 +27,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from .configs import SIZES, get_size
 from .io import sha256_file
+from .noise import AddLatentNoise, LatentNoise
+from .schedule import build_schedule
+from .tokenizer import PatchPCA
 
 __all__ = [
     "MANIFEST_FORMAT", "WEIGHTS_DIR_ENV", "ARCH_PREFIX", "MAX_FILE_BYTES", "MAX_DIR_BYTES",
@@ -214,7 +219,7 @@ def _parse_weights(name: str, raw: Mapping[str, Any], tokenizers: Mapping[str, T
     return WeightsEntry(name=name, **data)
 
 
-_CACHE: dict[tuple[str, int, int], Manifest] = {}
+_CACHE: dict[tuple[str, str], Manifest] = {}
 
 
 def load_manifest(root: str | os.PathLike | None = None) -> Manifest:
@@ -224,12 +229,12 @@ def load_manifest(root: str | os.PathLike | None = None) -> Manifest:
     if not path.is_file():
         hint = f" (set by ${WEIGHTS_DIR_ENV})" if os.environ.get(WEIGHTS_DIR_ENV) else ""
         raise FileNotFoundError(f"weights manifest not found: {path}{hint}")
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    text = path.read_text()
+    key = (str(path.resolve()), text)  # keyed by content: an edited manifest is never served stale
     if key in _CACHE:
         return _CACHE[key]
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
@@ -319,16 +324,14 @@ def _export_files(name: str) -> tuple[dict[str, Any], Path | None]:
     return section, verify_file(path, tok["sha256"], tok["bytes"], f"{name} tokenizer")
 
 
-def get_tokenizer(name: str):
+def get_tokenizer(name: str) -> PatchPCA:
     """The patch-PCA tokenizer of a model name.
 
     ``name`` is ``'ldae_vit_<size>'`` (the shipped default tokenizer for its patch size),
     ``'ldae_vit_<size>.<tag>'`` (the tokenizer of that released checkpoint), or an export,
     ``'hf-hub:<org>/<name>'`` / ``'local-dir:<folder>'``. The file is sha256-checked before it is read.
-    Returns a :class:`ldae.tokenizer.PatchPCA`; raises ``ValueError`` for a pixel-space model.
+    Raises ``ValueError`` for a pixel-space model or an unknown name.
     """
-    from .tokenizer import PatchPCA
-
     if name.startswith(("hf-hub:", "local-dir:")):
         _, path = _export_files(name)
         if path is None:
@@ -376,7 +379,9 @@ def get_noise_config(name: str) -> NoiseConfig:
     return NoiseConfig(**{**cfg.to_dict(), "d": d})
 
 
-def get_noise_transform(name: str, t: int | None = None, *, batched: bool = False, generator=None, **overrides: Any):
+def get_noise_transform(
+    name: str, t: int | None = None, *, batched: bool = False, generator: torch.Generator | None = None, **overrides: Any
+) -> AddLatentNoise | LatentNoise:
     """The latent-noise transform a model name was pretrained with.
 
     Returns a per-sample :class:`ldae.noise.AddLatentNoise` (normalised image (C, H, W) -> noisy image,
@@ -384,9 +389,6 @@ def get_noise_transform(name: str, t: int | None = None, *, batched: bool = Fals
     batched :class:`ldae.noise.LatentNoise` module. ``overrides`` replace :class:`NoiseConfig` fields
     (e.g. ``d=16``, ``whiten=False``) for ablation figures.
     """
-    from .noise import AddLatentNoise, LatentNoise
-    from .schedule import build_schedule
-
     cfg = NoiseConfig.from_dict({**get_noise_config(name).to_dict(), **overrides}, where="get_noise_transform overrides")
     tokenizer = get_tokenizer(name) if cfg.noise_space == "latent" else None
     noise = LatentNoise(tokenizer, cfg.d, whiten=cfg.whiten, space=cfg.noise_space, schedule=build_schedule(cfg.schedule, num_levels=cfg.num_levels))

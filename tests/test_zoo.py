@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -32,10 +33,10 @@ def size_of(arch: str):
     return SIZES[arch.removeprefix("ldae_vit_")]
 
 
-def small(arch: str, **kw):
+def small(arch: str, depth: int = 2, **kw):
     """The architecture at depth 2 on a 4 x 4 patch grid: every code path, a fraction of the cost."""
     p = size_of(arch).patch_size
-    return timm.create_model(arch, depth=2, img_size=4 * p, **kw).eval()
+    return timm.create_model(arch, depth=depth, img_size=4 * p, **kw).eval()
 
 
 def images(arch: str, b: int = 2, grid: int = 4, seed: int = 0) -> torch.Tensor:
@@ -75,6 +76,9 @@ def test_pretrained_cfg_is_complete(arch):
     assert (cfg["mean"], cfg["std"]) == (tok.norm_mean, tok.norm_std)
     assert (cfg["crop_pct"], cfg["interpolation"], cfg["first_conv"], cfg["classifier"]) == (1.0, "bicubic", "patch_embed.proj", "head")
     assert cfg["paper_ids"] == "arXiv:2401.14404" and cfg["license"] and cfg["description"]
+    with torch.device("meta"):
+        keys = timm.create_model(arch, num_classes=3).state_dict().keys()
+    assert {cfg["classifier"] + ".weight", cfg["first_conv"] + ".weight"} <= set(keys)
 
 
 # ---------------------------------------------------------------------------------------------- timm ViT API
@@ -123,10 +127,11 @@ def test_intermediates_and_features_only(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_grad_checkpointing_is_exact(arch):
-    m, x = small(arch).train(), images(arch)
+def test_backward_and_grad_checkpointing_is_exact(arch):
+    m, x = small(arch, depth=1, num_classes=42).train(), images(arch)
     out = m(x).square().sum()
     out.backward()
+    assert all(p.grad is not None for p in m.parameters())  # every parameter, the new head included
     grads = [p.grad.clone() for p in m.parameters()]
     m.zero_grad()
     m.set_grad_checkpointing(True)
@@ -231,29 +236,39 @@ def test_unknown_tag_is_named():
 ARCH = "ldae_vit_tiny_patch4_32"
 
 
-@pytest.fixture
-def release(tmp_path, monkeypatch):
-    """A weights folder holding one released tag (file written here), selected with $LDAE_WEIGHTS_DIR."""
+@pytest.fixture(scope="module")
+def release_files(tmp_path_factory):
+    """A weights folder holding one released tag of ``ARCH`` (written here) and the model it holds."""
+    root = tmp_path_factory.mktemp("release")
     torch.manual_seed(1)
     src = timm.create_model(ARCH).eval()
     for p in src.parameters():  # non-trivial everywhere, LayerNorms included
         p.data.add_(0.02 * torch.randn_like(p))
-    path = tmp_path / f"{ARCH}.demo.safetensors"
+    path = root / f"{ARCH}.demo.safetensors"
     save_safetensors(src.state_dict(), path)
     tok = PatchPCA.fit([torch.rand(8, 3, 32, 32) * 2 - 1], 4)
-    tok.save(tmp_path / "tok.safetensors")
+    tok.save(root / "tok.safetensors")
     manifest = {
         "format": "ldae.weights.v1",
-        "tokenizers": {"tok": {"file": "tok.safetensors", "sha256": sha256_file(tmp_path / "tok.safetensors"),
-                               "bytes": (tmp_path / "tok.safetensors").stat().st_size, "patch_size": 4, "in_chans": 3,
+        "tokenizers": {"tok": {"file": "tok.safetensors", "sha256": sha256_file(root / "tok.safetensors"),
+                               "bytes": (root / "tok.safetensors").stat().st_size, "patch_size": 4, "in_chans": 3,
                                "norm_mean": [0.5] * 3, "norm_std": [0.5] * 3, "models": [ARCH]}},
         "weights": {f"{ARCH}.demo": {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
                                      "params": sum(p.numel() for p in src.parameters()), "tokenizer": "tok",
                                      "noise": {"t": 20, "d": 12}, "data": "random", "metrics": {"knn": 1.0}}},
     }
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root, src, tok
+
+
+@pytest.fixture
+def release(release_files, tmp_path, monkeypatch):
+    """A private copy of the release folder, selected with $LDAE_WEIGHTS_DIR: (model, weights file, tokenizer)."""
+    root, src, tok = release_files
+    for f in root.iterdir():
+        shutil.copy(f, tmp_path / f.name)
     monkeypatch.setenv(W.WEIGHTS_DIR_ENV, str(tmp_path))
-    return src, path, tok
+    return src, tmp_path / f"{ARCH}.demo.safetensors", tok
 
 
 def test_shipped_file_loads_strict_and_verified(release, monkeypatch):
