@@ -105,11 +105,11 @@ def _norm(model: LDAE, args: dict[str, Any]) -> tuple[tuple[float, ...], tuple[f
         return tok.norm_mean, tok.norm_std
     from .fit_pca import NORMS
 
-    return NORMS.get(str(args.get("norm", "dit")), DIT_NORM)
+    return NORMS.get(args.get("norm") or "dit", DIT_NORM)
 
 
 def _data_name(args: dict[str, Any]) -> str:
-    for key in ("data", "data_path", "train_data"):
+    for key in ("data", "data_shards", "data_path"):  # `ldae pretrain` records --data / --data-shards
         if args.get(key):
             return str(args[key])
     return "unknown"
