@@ -58,9 +58,17 @@ SIZES: dict[str, ModelSize] = {
 
 
 def get_size(name: str | ModelSize) -> ModelSize:
-    """Look a size up by name; a ``ModelSize`` passes through unchanged."""
+    """Look a size up by name; a ``ModelSize`` passes through unchanged.
+
+    Inline sizes ``custom:img=32,patch=4,dim=64,enc=2,dec=2,heads=2,d=16`` (see :mod:`ldae.size_spec`)
+    are parsed too, so checkpoints of custom-size runs rebuild from their saved args.
+    """
     if isinstance(name, ModelSize):
         return name
+    if isinstance(name, str) and name.startswith("custom:"):
+        from .size_spec import parse_model_spec
+
+        return parse_model_spec(name)
     if name not in SIZES:
         raise ValueError(f"unknown l-DAE size {name!r}; expected one of {sorted(SIZES)}")
     return SIZES[name]
