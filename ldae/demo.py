@@ -156,7 +156,7 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     cmp = viz.pixel_vs_latent_noise(x, tok, seed=args.seed)
     what = (f"Fig. 7, Gaussian noise of sigma={cmp.sigma:.3f} added to the pixels (middle) and to the top-{cmp.d} "
             f"whitened PCA latent (right), which corrupts each patch as a whole")
-    title = [f"Fig. 7: clean | pixel noise | latent noise, both sigma={cmp.sigma:.3f}", f"tokenizer: {tok_name}"]
+    title = [f"Fig. 7: noise sigma={cmp.sigma:.3f} on pixels vs on the top-{cmp.d} whitened PCA latent", f"tokenizer: {tok_name}"]
     write("noise.png", viz.noise_figure(cmp, tok, title), what)
 
     if denoiser is not None:

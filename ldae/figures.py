@@ -106,8 +106,9 @@ def _figure(args: argparse.Namespace):
         img_size = args.img_size or (256 if tok.patch_size >= 16 else 32)
         x, names = load_images(args.images, img_size, tok.norm_mean, tok.norm_std, args.limit)
         cmp = viz.pixel_vs_latent_noise(x, tok, args.sigma, args.d, args.whiten, args.seed)
-        title = [f"Fig. 7: Gaussian noise of sigma={args.sigma:.3f} in pixel space vs in the top-{cmp.d} PCA latent",
-                 f"tokenizer {name}; images: {', '.join(names)}"]
+        kind = "whitened " if cmp.whiten else ""
+        title = [f"Fig. 7: noise sigma={args.sigma:.3f} on pixels vs on the top-{cmp.d} {kind}PCA latent",
+                 f"tokenizer: {name}"]
         return viz.noise_figure(cmp, tok, title), title[0]
     model, name = load_denoiser(args.model)
     tok = model.tokenizer  # None for a pixel-noise model: pixels in DiT's [-1, 1]
@@ -115,7 +116,7 @@ def _figure(args: argparse.Namespace):
     x, names = load_images(args.images, model.size.img_size, mean, std, args.limit)
     levels = args.t if args.t is not None else [None]
     runs = [viz.denoise_examples(model, x, t, args.seed) for t in levels]
-    title = [f"Fig. 8: l-DAE denoising, model {name}", f"images: {', '.join(names)}"]
+    title = [f"Fig. 8: l-DAE denoising, {name}", f"images: {', '.join(names)}"]
     return viz.denoising_figure(runs, mean, std, title), title[0]
 
 

@@ -65,6 +65,15 @@ def _font() -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+    """``text``, cut with '...' to fit ``width`` pixels (the figure's size never depends on its text)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text.rstrip() + "..."
+
+
 def grid_size(rows: int, cols: int, panel: tuple[int, int], col_titles: bool = True, title_lines: int = 0, pad: int = PAD) -> tuple[int, int]:
     """(width, height) in pixels of :func:`image_grid` for ``rows`` x ``cols`` panels of ``panel`` = (w, h)."""
     width = pad + cols * (panel[0] + pad)
@@ -101,11 +110,11 @@ def image_grid(
     draw, font = ImageDraw.Draw(sheet), _font()
     y = pad
     for line in lines:
-        draw.text((pad, y + 1), line, fill=TEXT, font=font)
+        draw.text((pad, y + 1), _fit(draw, line, font, sheet.width - 2 * pad), fill=TEXT, font=font)
         y += LINE
     if col_titles is not None:
         for j, text in enumerate(col_titles):
-            draw.text((pad + j * (pw + pad), y + 1), text, fill=TEXT, font=font)
+            draw.text((pad + j * (pw + pad), y + 1), _fit(draw, text, font, pw), fill=TEXT, font=font)
         y += LINE
     for row in panels:
         for j, p in enumerate(row):
@@ -169,7 +178,7 @@ def denoising_figure(
     titles = ["clean"]
     for r in runs:
         columns += [to_pil(r.noisy, norm_mean, norm_std), to_pil(r.denoised, norm_mean, norm_std)]
-        titles += [f"noisy t={r.t} s={r.sigma:.2f}", "denoised"]
+        titles += [f"noisy t={r.t}, s={r.sigma:.2f}", "denoised"]
     rows = [list(p) for p in zip(*columns)]
     return image_grid(rows, titles, title, min_panel=min_panel)
 
@@ -225,8 +234,7 @@ def pixel_vs_latent_noise(
 def noise_figure(cmp: NoiseComparison, tokenizer: PatchPCA, title: str | Sequence[str] | None = None, min_panel: int = MIN_PANEL) -> Image.Image:
     """Fig. 7: one row per image, columns clean | pixel noise | latent noise (same sigma)."""
     cols = [to_pil(x, tokenizer.norm_mean, tokenizer.norm_std) for x in (cmp.clean, cmp.pixel, cmp.latent)]
-    latent_name = "whitened latent" if cmp.whiten else "latent"
-    titles = ["clean", f"pixel noise s={cmp.sigma:.2f}", f"{latent_name} noise d={cmp.d}"]
+    titles = ["clean", f"pixel noise s={cmp.sigma:.2f}", f"latent noise d={cmp.d}"]
     return image_grid([list(r) for r in zip(*cols)], titles, title, min_panel=min_panel)
 
 

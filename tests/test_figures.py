@@ -157,6 +157,15 @@ def test_image_grid_errors():
         viz.image_grid([[a, a]], ["x"])
 
 
+def test_long_titles_are_cut_to_the_sheet():
+    a = Image.new("RGB", (32, 32), (255, 0, 0))
+    img = viz.image_grid([[a, a]], ["a very long column title that cannot fit", "b"], "x" * 300, min_panel=32)
+    assert img.size == viz.grid_size(1, 2, (32, 32), title_lines=1)
+    text_rows = np.asarray(img)[: viz.PAD + 2 * viz.LINE]
+    assert (text_rows[:, -viz.PAD :] == 255).all()  # nothing drawn into the right margin
+    assert (text_rows[viz.PAD + viz.LINE :, viz.PAD + 32 : viz.PAD + 36] == 255).all()  # nor into the next column
+
+
 def test_save_png_is_atomic_and_readable(tmp_path):
     img = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
     out = viz.save_png(img, tmp_path / "sub" / "x.png")
