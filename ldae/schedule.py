@@ -6,6 +6,10 @@ in DiT). l-DAE removes input scaling (gamma_t = 1) and puts sigma_t on a line fr
 forms on unit-variance data (sigma^2 = (1 - gamma^2) / gamma^2) that weight is exactly gamma^2, the
 weight the paper uses for its gamma-scaled schedules, so every schedule here weights by its
 ``loss_weight``. The level t is what the network is conditioned on (DiT embeds t, not sigma).
+
+The earlier rows of the paper's trajectory use variance-preserving schedules (gamma_t^2 + sigma_t^2 = 1):
+DDPM's linear-beta schedule (``'ddpm'``, as in DiT) and the schedule linear in gamma^2
+(``'linear_gamma2'``, Tab. 1 last row), both with lambda_t = gamma_t^2 (Sec. 4.3).
 """
 from __future__ import annotations
 
@@ -13,7 +17,10 @@ import math
 
 import torch
 
-__all__ = ["NoiseSchedule", "LinearSigmaSchedule", "SingleLevelSchedule", "build_schedule", "SCHEDULES"]
+__all__ = [
+    "NoiseSchedule", "LinearSigmaSchedule", "SingleLevelSchedule", "DDPMSchedule", "LinearGammaSqSchedule",
+    "build_schedule", "SCHEDULES",
+]
 
 
 class NoiseSchedule:
@@ -105,9 +112,50 @@ class SingleLevelSchedule(NoiseSchedule):
         return torch.full((batch,), self.level, dtype=torch.long, device=device)
 
 
+class DDPMSchedule(NoiseSchedule):
+    """DDPM's schedule as in DiT (Tab. 1 rows 1-4, Fig. 3): beta_s linear from 1e-4 to 0.02,
+    gamma_t^2 = prod_{s<=t} (1 - beta_s), sigma_t^2 = 1 - gamma_t^2, lambda_t = gamma_t^2.
+
+    For T != 1000 both beta ends are multiplied by 1000 / T, as DiT's ``get_named_beta_schedule``
+    does, so the schedule spans the same range of noise.
+    """
+
+    name = "ddpm"
+
+    def __init__(self, num_levels: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+        if num_levels < 2:
+            raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+        scale = 1000.0 / num_levels
+        betas = torch.linspace(scale * beta_start, scale * beta_end, num_levels, dtype=torch.float64)
+        if not 0.0 < float(betas.max()) < 1.0:
+            raise ValueError(f"DDPM betas must lie in (0, 1); T={num_levels} gives beta_max={float(betas.max()):.4g}")
+        gamma_sq = torch.cumprod(1.0 - betas, dim=0)
+        super().__init__(gamma_sq.sqrt(), (1.0 - gamma_sq).sqrt(), gamma_sq)
+
+
+class LinearGammaSqSchedule(NoiseSchedule):
+    """The schedule linear in gamma^2 (Tab. 1 last row, Fig. 3): gamma_t^2 = 1 - (t + 1) / T,
+    sigma_t^2 = 1 - gamma_t^2, lambda_t = gamma_t^2.
+
+    (t + 1) / T gives exactly the paper's range 1 > gamma^2 >= 0: gamma_0^2 = 1 - 1/T (never a clean
+    input, as in DDPM) and gamma_{T-1}^2 = 0 (pure noise).
+    """
+
+    name = "linear_gamma2"
+
+    def __init__(self, num_levels: int = 1000) -> None:
+        if num_levels < 2:
+            raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+        t = torch.arange(num_levels, dtype=torch.float64)
+        gamma_sq = 1.0 - (t + 1.0) / num_levels
+        super().__init__(gamma_sq.sqrt(), (1.0 - gamma_sq).sqrt(), gamma_sq)
+
+
 SCHEDULES: dict[str, type[NoiseSchedule]] = {
     LinearSigmaSchedule.name: LinearSigmaSchedule,
     SingleLevelSchedule.name: SingleLevelSchedule,
+    DDPMSchedule.name: DDPMSchedule,
+    LinearGammaSqSchedule.name: LinearGammaSqSchedule,
 }
 
 
