@@ -9,13 +9,17 @@ import argparse
 
 from .configs import SIZES
 from .model import LDAE
-from .noise import NOISE_SPACES
+from .noise import INPUT_SPACES, NOISE_SPACES
 from .schedule import SCHEDULES, build_schedule
-from .tokenizer import PatchPCA
+from .targets import TARGETS
+from .tokenizers import Tokenizer
 
-__all__ = ["add_model_args", "build_model_from_args", "MODEL_ARG_NAMES"]
+__all__ = ["add_model_args", "build_model_from_args", "MODEL_ARG_NAMES", "TRAJECTORY_ARG_DEFAULTS"]
 
 MODEL_ARG_NAMES = ("model", "d", "whiten", "noise_space", "schedule", "tail_weight", "enc_depth", "cond_ratio", "num_levels")
+# Model flags added with the trajectory switches (docs/trajectory.md). Args saved before them lack
+# these names; the defaults, which are l-DAE's, rebuild exactly the model those args describe.
+TRAJECTORY_ARG_DEFAULTS: dict[str, str] = {"input_space": "image", "target": "image"}
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -30,11 +34,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--tail-weight", type=float, default=0.1, help="Eq. 4 weight of the dimensions beyond d")
     g.add_argument("--enc-depth", type=int, default=None, help="encoder blocks (default: half of the model)")
     g.add_argument("--cond-ratio", type=float, default=0.25, help="conditioning width / model width (App. A: 1/4)")
+    # The deconstruction trajectory (docs/trajectory.md): the DDM end of it embeds latent tokens and predicts eps.
+    g.add_argument("--input-space", default="image", choices=INPUT_SPACES,
+                   help="'latent': embed the tokenizer's noisy d-dim tokens (DiT on a tokenizer, Tab. 2 / Tab. 3 rows 1-3)")
+    g.add_argument("--target", default="image", choices=TARGETS,
+                   help="what is predicted: 'image' (Eq. 4), 'decoded' (inverse-PCA image), 'z0' (Eq. 3), 'eps' (Eq. 2)")
     return parser
 
 
-def build_model_from_args(args: argparse.Namespace, tokenizer: PatchPCA | None) -> LDAE:
-    """The :class:`LDAE` that the parsed model flags describe."""
+def build_model_from_args(args: argparse.Namespace, tokenizer: Tokenizer | None) -> LDAE:
+    """The :class:`LDAE` that the parsed model flags describe (flags added later default when absent,
+    so the saved args of older checkpoints rebuild the same model)."""
     return LDAE(
         args.model,
         tokenizer,
@@ -45,4 +55,5 @@ def build_model_from_args(args: argparse.Namespace, tokenizer: PatchPCA | None) 
         tail_weight=args.tail_weight,
         enc_depth=args.enc_depth,
         cond_ratio=args.cond_ratio,
+        **{k: getattr(args, k, v) for k, v in TRAJECTORY_ARG_DEFAULTS.items()},
     )

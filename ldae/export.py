@@ -6,6 +6,12 @@ constants. LayerNorm(no affine) followed by x (1 + scale) + shift is a LayerNorm
 (W <- diag(g) W, b <- g * b). The encoder then *is* a standard ViT: no class token, average pooling,
 no final or fc norm, tanh-GELU, qkv bias, LayerNorm eps 1e-6, the sin-cos position embedding. The
 folding is done in float64 and rounded once.
+
+Models that embed latent tokens (``input_space='latent'``, the DiT-on-a-tokenizer rows of the
+trajectory) export the same way: every tokenizer here is affine per patch, so tokenizer and token
+embedding fold into one p x p patch embedding. The exported ViT takes images normalised as the
+tokenizer expects (its ``norm_mean`` / ``norm_std``) and computes the encoder on the tokenizer's
+latents of them, with no tokenizer in front.
 """
 from __future__ import annotations
 
@@ -49,9 +55,11 @@ def export_encoder_state_dict(model: LDAE, t: int, dtype: torch.dtype = torch.fl
     device = model.pos_embed.device
     # A float64 copy of the timestep MLP, so the model itself is left untouched.
     c = copy.deepcopy(model.t_embedder).double()(torch.tensor([t], device=device))  # (1, cond_dim)
+    # A latent-input model's token embedding comes back folded with its (affine) tokenizer.
+    proj_weight, proj_bias = model.image_patch_embed()
     sd: dict[str, torch.Tensor] = {
-        "patch_embed.proj.weight": model.patch_embed.proj.weight,
-        "patch_embed.proj.bias": model.patch_embed.proj.bias,
+        "patch_embed.proj.weight": proj_weight,
+        "patch_embed.proj.bias": proj_bias,
         "pos_embed": model.pos_embed,
     }
     for i, block in enumerate(model.blocks[: model.enc_depth]):

@@ -7,6 +7,12 @@ Patch embedding (timm ``PatchEmbed``), a fixed 2-D sin-cos position embedding, n
 adaLN-Zero blocks conditioned on the level t (no class conditioning), and a final adaLN layer that
 predicts p*p*C pixels per patch. The encoder is the first ``enc_depth`` blocks; what it computes at
 a fixed t is exactly a timm ``VisionTransformer`` (see :mod:`ldae.export`).
+
+The earlier rows of the paper's trajectory are two switches away (see ``docs/trajectory.md``):
+``input_space='latent'`` embeds the tokenizer's d-dim noisy latents with a linear layer instead of
+the p x p patch embedding (DiT on a tokenizer), and ``target`` picks what is predicted
+(:mod:`ldae.targets`: eps, z0, the decoded z0, or the original image). With a latent target the final
+layer outputs d numbers per token instead of p*p*C pixels.
 """
 from __future__ import annotations
 
@@ -20,17 +26,22 @@ from torch.utils.checkpoint import checkpoint
 from .checks import check_images
 from .configs import ModelSize, get_size
 from .layers import AdaLNBlock, FinalLayer, TimestepEmbedder, sincos_pos_embed_2d
-from .loss import pca_weighted_loss
 from .noise import LatentNoise, NoisyBatch
 from .schedule import NoiseSchedule, build_schedule
+from .targets import check_target, prediction_target, target_loss, target_space
 from .tokenizer import PatchPCA, unpatchify
+from .tokenizers import fixed_latent_dim, load_tokenizer, patch_affine
 
 __all__ = ["LDAE", "LDAEOutput", "build_ldae"]
 
 
 @dataclass
 class LDAEOutput:
-    """loss: scalar; pred: (B, C, H, W) denoised image; x_t: (B, C, H, W) noisy input; t: (B,) levels."""
+    """loss: scalar; pred: (B, C, H, W) denoised image; x_t: (B, C, H, W) noisy input; t: (B,) levels.
+
+    With a latent target (``'z0'``, ``'eps'``) pred is the network's (B, N, d) output, and with latent
+    input x_t is the (B, N, d) noisy latents.
+    """
 
     loss: torch.Tensor
     pred: torch.Tensor
@@ -43,8 +54,10 @@ class LDAE(nn.Module):
 
     Args:
         size: a name in :data:`ldae.configs.SIZES` or a :class:`ModelSize`.
-        tokenizer: fitted patch PCA of the same patch size (required for latent noise).
-        d: latent dimension of the noise and of Eq. 4's weights (default: the size's ``default_d``).
+        tokenizer: fitted patch PCA of the same patch size (required for latent noise), or any
+            :class:`ldae.tokenizers.Tokenizer` (patch AE / VAE, pixel tokenizer).
+        d: latent dimension of the noise and of Eq. 4's weights (default: the tokenizer's ``fixed_d``
+            for tokenizers trained for one d, else the size's ``default_d``).
         whiten: noise on unit-variance latents (default) or raw PCA coordinates.
         noise_space: ``'latent'`` (l-DAE) or ``'pixel'`` (classical DAE ablation).
         schedule: a :class:`NoiseSchedule` or its name (``'linear_sigma'``; ``'single'`` for one level).
@@ -52,6 +65,9 @@ class LDAE(nn.Module):
         enc_depth: override the size's encoder/decoder split (total depth unchanged).
         cond_ratio: width of the conditioning vector relative to the model width; 1/4 as in App. A.
         check_inputs: validate every batch (a finite check costs a host sync; the trainer may turn it off).
+        input_space: ``'image'`` (l-DAE: the noisy image through a p x p patch embedding) or
+            ``'latent'`` (the noisy d-dim tokens through a linear embedding; Tab. 2, Tab. 3 rows 1-3).
+        target: ``'image'`` (Eq. 4, l-DAE), ``'decoded'``, ``'z0'`` or ``'eps'`` (see :mod:`ldae.targets`).
     """
 
     def __init__(
@@ -66,6 +82,8 @@ class LDAE(nn.Module):
         enc_depth: int | None = None,
         cond_ratio: float = 0.25,
         check_inputs: bool = True,
+        input_space: str = "image",
+        target: str = "image",
     ) -> None:
         super().__init__()
         size = get_size(size)
@@ -76,25 +94,36 @@ class LDAE(nn.Module):
         if tokenizer is not None:
             tokenizer.check_compatible(size.patch_size, size.in_chans)
         self.size = size
-        self.d = int(d if d is not None else size.default_d)
+        self.d = int(d if d is not None else (fixed_latent_dim(tokenizer) or size.default_d))
         self.tail_weight = float(tail_weight)
         self.check_inputs = check_inputs
+        check_target(target, noise_space, tokenizer, self.tail_weight)
+        self.input_space, self.target = input_space, target
+        self.output_space = target_space(target)
         if isinstance(schedule, str):
             schedule = build_schedule(schedule)
-        self.noise = LatentNoise(tokenizer, self.d, whiten=whiten, space=noise_space, schedule=schedule)
+        self.noise = LatentNoise(
+            tokenizer, self.d, whiten=whiten, space=noise_space, schedule=schedule,
+            input_space=input_space, keep_latent=target != "image",
+        )
         if tokenizer is None and not 1 <= self.d <= size.patch_dim:
             raise ValueError(f"d must be in [1, {size.patch_dim}], got {self.d}")
 
         dim, self.cond_dim = size.embed_dim, max(1, int(size.embed_dim * cond_ratio))
-        self.patch_embed = PatchEmbed(size.img_size, size.patch_size, size.in_chans, dim)
-        grid = self.patch_embed.grid_size
-        pos = sincos_pos_embed_2d(dim, *grid).to(self.patch_embed.proj.weight.device)
+        if input_space == "image":
+            self.patch_embed = PatchEmbed(size.img_size, size.patch_size, size.in_chans, dim)
+            grid = self.patch_embed.grid_size
+            pos = sincos_pos_embed_2d(dim, *grid).to(self.patch_embed.proj.weight.device)
+        else:  # DiT on a tokenizer: one linear map embeds each d-dim latent token
+            self.token_embed = nn.Linear(self.d, dim)
+            grid = (size.img_size // size.patch_size, size.img_size // size.patch_size)
+            pos = sincos_pos_embed_2d(dim, *grid).to(self.token_embed.weight.device)
         self.register_buffer("pos_embed", pos[None], persistent=True)  # (1, N, D), fixed
         self.t_embedder = TimestepEmbedder(self.cond_dim)
         self.blocks = nn.ModuleList(
             AdaLNBlock(dim, size.num_heads, self.cond_dim, size.mlp_ratio) for _ in range(size.depth)
         )
-        self.final_layer = FinalLayer(dim, size.patch_dim, self.cond_dim)
+        self.final_layer = FinalLayer(dim, size.patch_dim if self.output_space == "image" else self.d, self.cond_dim)
         self.grad_checkpointing = False
         self.initialize_weights()
 
@@ -108,10 +137,11 @@ class LDAE(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-        self.apply(_basic_init)
-        w = self.patch_embed.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a linear map, like MAE/DiT
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        self.apply(_basic_init)  # includes the latent-input token embedding, a plain linear map
+        if self.input_space == "image":
+            w = self.patch_embed.proj.weight.data
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a linear map, like MAE/DiT
+            nn.init.zeros_(self.patch_embed.proj.bias)
         for layer in self.t_embedder.mlp:
             if isinstance(layer, nn.Linear):
                 nn.init.normal_(layer.weight, std=0.02)
@@ -147,6 +177,38 @@ class LDAE(nn.Module):
         if self.check_inputs and not torch.compiler.is_compiling():
             check_images(x, self.size.in_chans, self.size.patch_size, self.size.img_size, name=name)
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Images (B, C, H, W), or for latent-input models also latent tokens (B, N, d)."""
+        if self.input_space == "image" or x.ndim == 4:
+            return self._check(x)
+        n = self.pos_embed.shape[1]
+        if self.check_inputs and not torch.compiler.is_compiling() and (x.ndim != 3 or tuple(x.shape[1:]) != (n, self.d)):
+            raise ValueError(f"latent input: expected images (B, {self.size.in_chans}, H, W) or tokens (B, {n}, {self.d}), got {tuple(x.shape)}")
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input -> embedded tokens (B, N, D), position embedding added."""
+        if self.input_space == "latent":
+            if x.ndim == 4:  # an image: the latent-input encoder sees its tokenizer latents
+                x = self.noise.encode_latent(x)  # (B, N, d)
+            return self.token_embed(x) + self.pos_embed  # (B, N, D)
+        return self.patch_embed(x) + self.pos_embed  # (B, N, D)
+
+    @torch.no_grad()
+    def image_patch_embed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight (D, C, p, p), bias (D,)) of the p x p patch embedding the encoder applies to an image.
+
+        For image input: the patch embedding's own parameters. For latent input: the token embedding
+        composed with the tokenizer's affine patch encoder (float64, exact), so the encoder is still a
+        plain ViT on images with the tokenizer folded in (what :mod:`ldae.export` exports).
+        """
+        if self.input_space == "image":
+            return self.patch_embed.proj.weight, self.patch_embed.proj.bias
+        a, c = patch_affine(self.tokenizer, self.d, self.noise.whiten)  # (d, P), (d,)
+        w = self.token_embed.weight.double()  # (D, d)
+        a, c = a.to(w.device), c.to(w.device)
+        p, chans = self.size.patch_size, self.size.in_chans
+        return (w @ a).reshape(-1, chans, p, p), w @ c + self.token_embed.bias.double()
+
     def _as_levels(self, t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
         if isinstance(t, int) or (isinstance(t, torch.Tensor) and t.ndim == 0):
             t = torch.full((batch,), int(t), dtype=torch.long, device=device)
@@ -163,11 +225,14 @@ class LDAE(nn.Module):
         return x
 
     def forward_encoder(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """Noisy images (B, C, H, W) and levels t -> encoder tokens (B, N, D)."""
-        self._check(x_t)
+        """Noisy images (B, C, H, W) and levels t -> encoder tokens (B, N, D).
+
+        A latent-input model encodes images through its tokenizer first, or takes latents (B, N, d).
+        """
+        self._check_input(x_t)
         t = self._as_levels(t, x_t.shape[0], x_t.device)
         c = self.t_embedder(t)  # (B, cond_dim)
-        x = self.patch_embed(x_t) + self.pos_embed  # (B, N, D)
+        x = self._embed(x_t)  # (B, N, D)
         return self._run_blocks(x, c, self.blocks[: self.enc_depth])
 
     def forward_features(self, x: torch.Tensor, t: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -176,16 +241,34 @@ class LDAE(nn.Module):
         return self.forward_encoder(x, t).mean(1)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """Noisy images (B, C, H, W) at levels t -> predicted clean images (B, C, H, W)."""
-        self._check(x_t)
-        return self._denoise(x_t, self._as_levels(t, x_t.shape[0], x_t.device))
+        """Noisy images (B, C, H, W) at levels t -> predicted clean images (B, C, H, W).
+
+        Latent-input models also take noisy latents (B, N, d). Latent predictions are decoded by the
+        tokenizer: z0 directly, eps through z0 = (z_t - sigma_t eps) / gamma_t (gamma floored at 1e-3:
+        the linear-in-gamma^2 schedule reaches gamma = 0 at t = T-1, where nothing is recoverable).
+        """
+        self._check_input(x_t)
+        t = self._as_levels(t, x_t.shape[0], x_t.device)
+        pred = self._denoise(x_t, t)
+        if self.output_space == "image":
+            return pred
+        z0 = pred.float()
+        if self.target == "eps":
+            gamma, sigma, _ = self.schedule.lookup(t, check=False)
+            z_t = x_t.float() if x_t.ndim == 3 else self.noise.encode_latent(x_t)
+            z0 = (z_t - sigma[:, None, None] * z0) / gamma.clamp_min(1e-3)[:, None, None]
+        return self.noise.decode_latent(z0, (self.size.img_size, self.size.img_size)).to(pred.dtype)
 
     def _denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Network output: images (B, C, H, W) for image targets, tokens (B, N, d) for latent ones."""
         c = self.t_embedder(t)  # (B, cond_dim)
-        x = self.patch_embed(x_t) + self.pos_embed  # (B, N, D)
+        x = self._embed(x_t)  # (B, N, D)
         x = self._run_blocks(x, c, self.blocks)  # (B, N, D)
-        patches = self.final_layer(x, c)  # (B, N, p*p*C)
-        return unpatchify(patches, self.size.patch_size, x_t.shape[-2:])  # (B, C, H, W)
+        patches = self.final_layer(x, c)  # (B, N, p*p*C) or (B, N, d)
+        if self.output_space == "latent":
+            return patches
+        hw = x_t.shape[-2:] if x_t.ndim == 4 else (self.size.img_size, self.size.img_size)
+        return unpatchify(patches, self.size.patch_size, hw)  # (B, C, H, W)
 
     def corrupt(self, images: torch.Tensor, t: torch.Tensor | int | None = None, generator: torch.Generator | None = None) -> NoisyBatch:
         """Add the configured noise to clean images (B, C, H, W)."""
@@ -200,23 +283,25 @@ class LDAE(nn.Module):
         generator: torch.Generator | None = None,
         return_dict: bool = False,
     ) -> torch.Tensor | LDAEOutput:
-        """Clean normalised images (B, C, H, W) -> Eq. 4 loss (scalar), or an :class:`LDAEOutput`."""
+        """Clean normalised images (B, C, H, W) -> the target's loss (scalar; Eq. 4 by default), or an :class:`LDAEOutput`."""
         self._check(images)
         noisy = self.corrupt(images, t, generator)
-        pred = self._denoise(noisy.x_t, noisy.t)  # (B, C, H, W)
-        loss = pca_weighted_loss(
-            pred, images, noisy.weight, self.tokenizer, self.d, self.tail_weight, patch_size=self.size.patch_size
+        pred = self._denoise(noisy.x_t, noisy.t)  # (B, C, H, W), or (B, N, d) for a latent target
+        target = prediction_target(self.target, images, noisy, self.noise)
+        loss = target_loss(
+            self.target, pred, target, noisy.weight, self.tokenizer, self.d, self.tail_weight, self.size.patch_size
         )
         if return_dict:
             return LDAEOutput(loss=loss, pred=pred, x_t=noisy.x_t, t=noisy.t)
         return loss
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, d={self.d}, tail_weight={self.tail_weight}, cond_dim={self.cond_dim}"
+        extra = "" if (self.input_space, self.target) == ("image", "image") else f", input_space={self.input_space!r}, target={self.target!r}"
+        return f"size={self.size}, d={self.d}, tail_weight={self.tail_weight}, cond_dim={self.cond_dim}{extra}"
 
 
 def build_ldae(size: str | ModelSize = "base", tokenizer: PatchPCA | str | None = None, **kwargs) -> LDAE:
-    """Build an :class:`LDAE`; ``tokenizer`` may be a path to a saved patch-PCA artifact."""
+    """Build an :class:`LDAE`; ``tokenizer`` may be a path to any saved tokenizer artifact (:func:`ldae.tokenizers.load_tokenizer`)."""
     if isinstance(tokenizer, str):
-        tokenizer = PatchPCA.load(tokenizer)
+        tokenizer = load_tokenizer(tokenizer)
     return LDAE(size, tokenizer, **kwargs)

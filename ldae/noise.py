@@ -13,6 +13,12 @@ would barely touch the first components and drown the last.
 
 ``space='pixel'`` is the classical DAE of the ablations: x_t = gamma_t x_0 + sigma_t eps on all D
 pixel dimensions, with no projection.
+
+The earlier rows of the paper's trajectory (Tab. 2, Tab. 3 rows 1-3) work on the tokens themselves.
+There the transform runs in latent coordinates w = encode(x_0) (divided by the latent scale when
+``whiten``): w_t = gamma_t w_0 + sigma_t eps, and the network input is w_t itself
+(``input_space='latent'``) or the image decode(w_t) (``'image'``, the inverse projection; for PCA the
+same x_t as above). Any tokenizer of :mod:`ldae.tokenizers` (patch PCA, AE, VAE, pixel) works here.
 """
 from __future__ import annotations
 
@@ -26,18 +32,22 @@ from .checks import check_images
 from .schedule import LinearSigmaSchedule, NoiseSchedule
 from .tokenizer import PatchPCA, patchify, unpatchify
 
-__all__ = ["NoisyBatch", "LatentNoise", "AddLatentNoise", "NOISE_SPACES"]
+__all__ = ["NoisyBatch", "LatentNoise", "AddLatentNoise", "NOISE_SPACES", "INPUT_SPACES"]
 
 NOISE_SPACES = ("latent", "pixel")
+# What the network is shown: the noisy image (l-DAE), or the noisy latent tokens (DiT on a tokenizer).
+INPUT_SPACES = ("image", "latent")
 
 
 @dataclass
 class NoisyBatch:
     """A corrupted batch and what the loss needs.
 
-    x_t: (B, C, H, W) network input; t: (B,) long levels; gamma, sigma, weight: (B,) float32
+    x_t: the network input, (B, C, H, W) noisy images, or (B, N, d) noisy latents when the input
+    space is ``'latent'``; t: (B,) long levels; gamma, sigma, weight: (B,) float32
     (weight = lambda_t); eps: the unit Gaussian draw, (B, N, d) in latent space or (B, C, H, W) in
-    pixel space.
+    pixel space; z0: the clean latents (B, N, d) in the noise's coordinates, when the transform keeps
+    them (latent inputs and latent or decoded targets), else None.
     """
 
     x_t: torch.Tensor
@@ -46,17 +56,21 @@ class NoisyBatch:
     sigma: torch.Tensor
     weight: torch.Tensor
     eps: torch.Tensor
+    z0: torch.Tensor | None = None
 
 
 class LatentNoise(nn.Module):
     """Batched latent-noise transform for the training step (any device; float32 math).
 
     Args:
-        tokenizer: the fitted :class:`PatchPCA` (required for ``space='latent'``).
+        tokenizer: the fitted :class:`PatchPCA`, or any :class:`ldae.tokenizers.Tokenizer`
+            (required for ``space='latent'``).
         d: latent dimension the noise lives in (Tab. 2: 16-32 best for 16x16x3 patches).
         whiten: scale the noise by the component standard deviations (see module docstring).
         space: ``'latent'`` (l-DAE) or ``'pixel'`` (classical DAE ablation).
         schedule: gamma/sigma/lambda tables; l-DAE's linear sigma schedule by default.
+        input_space: ``'image'`` (x_t is a noisy image) or ``'latent'`` (x_t is the noisy tokens).
+        keep_latent: also return the clean latents ``z0`` (for latent and decoded targets).
     """
 
     def __init__(
@@ -66,10 +80,19 @@ class LatentNoise(nn.Module):
         whiten: bool = True,
         space: str = "latent",
         schedule: NoiseSchedule | None = None,
+        input_space: str = "image",
+        keep_latent: bool = False,
     ) -> None:
         super().__init__()
         if space not in NOISE_SPACES:
             raise ValueError(f"noise space must be one of {NOISE_SPACES}, got {space!r}")
+        if input_space not in INPUT_SPACES:
+            raise ValueError(f"input space must be one of {INPUT_SPACES}, got {input_space!r}")
+        if space == "pixel" and (input_space != "image" or keep_latent):
+            raise ValueError(
+                "pixel-space noise is the classical DAE on images (image input, image target); for a DDM on "
+                "pixel tokens (Fig. 5) use the pixel tokenizer (`ldae fit-tokenizer --kind pixel`) with latent noise"
+            )
         if space == "latent" and tokenizer is None:
             raise ValueError("latent noise needs a fitted PatchPCA tokenizer (PatchPCA.fit or `ldae fit-pca`)")
         if tokenizer is not None:
@@ -79,6 +102,8 @@ class LatentNoise(nn.Module):
         self.whiten = bool(whiten)
         self.space = space
         self.schedule = schedule or LinearSigmaSchedule()
+        self.input_space = input_space
+        self.keep_latent = bool(keep_latent)
 
     def forward(
         self,
@@ -95,8 +120,36 @@ class LatentNoise(nn.Module):
             t = torch.full((b,), int(t), dtype=torch.long, device=x0.device)
         t = t.to(x0.device)
         gamma, sigma, weight = self.schedule.lookup(t, check=check_t)  # (B,) each
+        if self.input_space == "latent" or self.keep_latent:
+            z0, z_t, eps = self.corrupt_latent(x0, gamma, sigma, generator)  # (B, N, d) each
+            x_t = z_t if self.input_space == "latent" else self.decode_latent(z_t, x0.shape[-2:])
+            return NoisyBatch(x_t=x_t.to(x0.dtype), t=t, gamma=gamma, sigma=sigma, weight=weight, eps=eps, z0=z0)
         x_t, eps = self.corrupt(x0, gamma, sigma, generator)
         return NoisyBatch(x_t=x_t, t=t, gamma=gamma, sigma=sigma, weight=weight, eps=eps)
+
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> float32 latents (B, N, d) in the noise's coordinates (whitened if ``whiten``)."""
+        if self.tokenizer is None:
+            raise ValueError("latent coordinates need a tokenizer; this transform adds pixel-space noise")
+        with float32_region(x.device):
+            return self.tokenizer.encode(x.float(), self.d, whiten=self.whiten)
+
+    def decode_latent(self, z: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Latents (B, N, d) in the noise's coordinates -> float32 images (B, C, H, W) (inverse projection)."""
+        if self.tokenizer is None:
+            raise ValueError("latent coordinates need a tokenizer; this transform adds pixel-space noise")
+        with float32_region(z.device):
+            return self.tokenizer.decode(z.float(), hw, whiten=self.whiten)
+
+    def corrupt_latent(
+        self, x0: torch.Tensor, gamma: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z0, z_t, eps), each float32 (B, N, d): z_t = gamma z0 + sigma eps in the noise's latent coordinates."""
+        z0 = self.encode_latent(x0)  # (B, N, d)
+        with float32_region(x0.device):
+            eps = _randn(z0.shape, x0.device, generator)
+            z_t = gamma.float()[:, None, None] * z0 + sigma.float()[:, None, None] * eps  # (B, N, d)
+        return z0, z_t, eps
 
     def corrupt(
         self, x0: torch.Tensor, gamma: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator | None = None
@@ -114,6 +167,9 @@ class LatentNoise(nn.Module):
             return x_t.to(x0.dtype), eps
         tok = self.tokenizer
         assert tok is not None
+        if not isinstance(tok, PatchPCA):  # any other tokenizer: through its encode / decode
+            _, z_t, eps = self.corrupt_latent(x, gamma, sigma, generator)
+            return self.decode_latent(z_t, x.shape[-2:]).to(x0.dtype), eps
         p = tok.patch_size
         v = tok.components[: self.d]  # (d, D)
         z = (patchify(x, p) - tok.mean) @ v.T  # (B, N, d)
@@ -124,7 +180,8 @@ class LatentNoise(nn.Module):
         return x_t.to(x0.dtype), eps
 
     def extra_repr(self) -> str:
-        return f"d={self.d}, whiten={self.whiten}, space={self.space!r}, schedule={self.schedule}"
+        extra = f", input_space={self.input_space!r}" if self.input_space != "image" else ""
+        return f"d={self.d}, whiten={self.whiten}, space={self.space!r}, schedule={self.schedule}{extra}"
 
 
 def _randn(shape, device, generator: torch.Generator | None) -> torch.Tensor:
