@@ -51,19 +51,26 @@ def vit_forward_flops(
     )
 
 
-def ldae_forward_flops(size: ModelSize, cond_dim: int, freq_dim: int = 256) -> int:
-    """Forward FLOPs per image of the l-DAE network (encoder + decoder, adaLN-Zero, pixel head)."""
+def ldae_forward_flops(size: ModelSize, cond_dim: int, freq_dim: int = 256, in_dim: int | None = None, out_dim: int | None = None) -> int:
+    """Forward FLOPs per image of the l-DAE network (encoder + decoder, adaLN-Zero, output head).
+
+    ``in_dim`` / ``out_dim``: numbers per token going in and out (default p*p*C pixels; d for a model
+    that embeds latent tokens or predicts a latent target).
+    """
     dim = size.embed_dim
-    net = vit_forward_flops(size.img_size, size.patch_size, dim, size.depth, size.mlp_ratio, size.in_chans, out_dim=size.patch_dim)
+    tokens = (size.img_size // size.patch_size) ** 2
+    in_dim, out_dim = in_dim or size.patch_dim, out_dim or size.patch_dim
+    net = 2 * tokens * in_dim * dim + size.depth * vit_block_flops(tokens, dim, size.mlp_ratio) + 2 * tokens * dim * out_dim
     cond = 2 * freq_dim * cond_dim + 2 * cond_dim * cond_dim  # timestep MLP, once per image
     adaln = size.depth * 2 * cond_dim * 6 * dim + 2 * cond_dim * 2 * dim  # per image, not per token
     return net + cond + adaln
 
 
-def ldae_train_flops(size: ModelSize, cond_dim: int, d: int | None, latent: bool = True) -> int:
+def ldae_train_flops(size: ModelSize, cond_dim: int, d: int | None, latent: bool = True, in_dim: int | None = None,
+                     out_dim: int | None = None) -> int:
     """Training FLOPs per image of an l-DAE step: 3x the network forward, plus the latent corruption
     (project to d and back) and Eq. 4's projection of the error (forward and its gradient)."""
-    flops = TRAIN_FACTOR * ldae_forward_flops(size, cond_dim)
+    flops = TRAIN_FACTOR * ldae_forward_flops(size, cond_dim, in_dim=in_dim, out_dim=out_dim)
     if latent and d is not None:
         tokens = (size.img_size // size.patch_size) ** 2
         flops += 4 * tokens * size.patch_dim * d  # corruption: encode + decode (no gradient)
@@ -81,7 +88,9 @@ def vit_mse_train_flops(img_size: int, patch_size: int, embed_dim: int, depth: i
 def model_train_flops(model: torch.nn.Module) -> int:
     """Training FLOPs per image of an :class:`ldae.model.LDAE` instance."""
     latent = model.noise.space == "latent" and model.tokenizer is not None
-    return ldae_train_flops(model.size, model.cond_dim, model.d, latent=latent)
+    in_dim = model.d if getattr(model, "input_space", "image") == "latent" else None
+    out_dim = model.d if getattr(model, "output_space", "image") != "image" else None
+    return ldae_train_flops(model.size, model.cond_dim, model.d, latent=latent, in_dim=in_dim, out_dim=out_dim)
 
 
 def mfu(train_flops_per_image: float, images_per_second: float, peak_flops: float | None) -> float | None:

@@ -45,6 +45,16 @@ def test_ldae_forward_matches_torch_flop_counter():
     assert fc.get_total_flops() == 3 * ldae_forward_flops(SIZE, model.cond_dim)
 
 
+def test_latent_input_and_latent_target_count_d_numbers_per_token():
+    """A model that embeds d-dim tokens and predicts z0 (the DDM end of the trajectory)."""
+    model = _unfused(LDAE(SIZE, PatchPCA.fit([torch.randn(4, 3, 32, 32)], 4), input_space="latent", target="z0"))
+    with FlopCounterMode(display=False) as fc:
+        model.denoise(torch.randn(3, 64, 16), torch.tensor([0, 5, 9]))  # tokens in; denoise decodes z0 to an image
+    decode = 2 * 64 * 16 * 48
+    assert fc.get_total_flops() == 3 * (ldae_forward_flops(SIZE, model.cond_dim, in_dim=16, out_dim=16) + decode)
+    assert model_train_flops(model) == 3 * ldae_forward_flops(SIZE, model.cond_dim, in_dim=16, out_dim=16) + 8 * 64 * 48 * 16
+
+
 def test_train_step_is_three_forwards_up_to_the_input_gradient_of_the_level_embedding():
     model = _unfused(LDAE(SIZE, PatchPCA.fit([torch.randn(4, 3, 32, 32)], 4)))
     x = torch.randn(2, 3, 32, 32, requires_grad=True)
