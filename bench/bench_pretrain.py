@@ -161,9 +161,6 @@ def _device_name(device: torch.device) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     amp = torch.bfloat16 if cuda else None
     if args.smoke:
         args.base_model = args.cifar_model = SMOKE_SIZE

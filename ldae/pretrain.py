@@ -1,6 +1,6 @@
 """``ldae pretrain``: pretrain an l-DAE, from one GPU to multi-node torchrun.
 
-    ldae pretrain --data /data/imagenet --tokenizer pca_p16.safetensors --output-dir runs/ldae_1/2L
+    ldae pretrain --data /data/imagenet --tokenizer pca_p16.safetensors --output-dir runs/ldae_half_large
     torchrun --nproc_per_node 8 -m ldae.pretrain --data /data/imagenet --fit-tokenizer --output-dir runs/x
     python -m ldae.pretrain --data ../shared/data/cifar10-jpeg.tar.gz --model tiny_patch4_32 --gpu-data ...
 
@@ -53,10 +53,11 @@ examples:
   # one node, 8 GPUs, the paper's ImageNet setting (l-DAE with a ViT-1/2L encoder):
   torchrun --nproc_per_node 8 -m ldae.pretrain --data /data/imagenet --tokenizer pca_p16.safetensors \\
       --model half_large --compile --output-dir runs/ldae_half_large
-  # 4 nodes x 8 GPUs (run on every node; NODE_RANK = 0..3, HEAD = the first node's address):
-  torchrun --nnodes 4 --nproc_per_node 8 --node_rank $NODE_RANK --rdzv_backend c10d \\
-      --rdzv_endpoint $HEAD:29500 --rdzv_id ldae1 -m ldae.pretrain --data /data/imagenet \\
-      --tokenizer pca_p16.safetensors --compile --resume auto --output-dir /shared/runs/ldae_half_large
+  # 4 nodes x 8 GPUs: the same command on every node (HEAD = one node's address; the output dir and
+  # the data on a shared file system):
+  torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HEAD:29500 --rdzv_id ldae1 \\
+      -m ldae.pretrain --data /data/imagenet --tokenizer pca_p16.safetensors --compile --resume auto \\
+      --output-dir /shared/runs/ldae_half_large
 """
 
 
@@ -314,9 +315,6 @@ def main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, env: dist.DistEnv, size: Any, batch: int, accum: int, log: MetricsLogger) -> int:
     out = Path(args.output_dir)
     cuda = env.device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (noise, loss) on tensor cores
-        torch.backends.cudnn.allow_tf32 = True
     resume = _resume_path(args)
     ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
     if ckpt is not None:
@@ -363,10 +361,10 @@ def _run(args: argparse.Namespace, env: dist.DistEnv, size: Any, batch: int, acc
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     ema = ModelEmaV3(model, decay=args.ema_decay) if args.ema_decay > 0 else None
     state = TrainState(model, optimizer, scaler, ema)
+    dist.seed_everything(args.seed, env.rank)  # the noise and augmentation draw from their own seeded generators
     if ckpt is not None:
         state.load_state_dict(ckpt, restore_rng=env.is_main)
         log.info(f"resumed from {resume} at step {state.step}")
-    dist.seed_everything(args.seed, env.rank)
 
     # --- schedule
     spe = data.steps_per_epoch
@@ -417,6 +415,8 @@ def _run(args: argparse.Namespace, env: dist.DistEnv, size: Any, batch: int, acc
         ctx.last_good_checkpoint = str(out / name)
 
     ctx.save = lambda step: save(LAST)
+    if state.step >= total_steps:
+        log.info(f"nothing to do: the run is complete ({state.step} of {total_steps} steps)")
     log.start(total_steps, state.step)
     gen = torch.Generator(device=env.device)
     while state.step < total_steps:
@@ -448,14 +448,23 @@ def _jsonable_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items()}
 
 
+def _git_commit() -> str | None:
+    """The commit of the source tree this package runs from (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
 def _write_run_info(args: argparse.Namespace, env: dist.DistEnv, out: Path, info: dict[str, Any]) -> None:
     if not env.is_main:
         return
     import timm
 
-    from .recipe import git_commit
-
-    record = {"command": shlex.join(sys.argv), "args": _jsonable_args(args), **info, "commit": git_commit(),
+    record = {"command": shlex.join(sys.argv), "args": _jsonable_args(args), **info, "commit": _git_commit(),
               "torch": torch.__version__, "timm": timm.__version__,
               "device": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"}
     with atomic_path(out / "run.json") as tmp:

@@ -386,7 +386,7 @@ def test_cli_help_shows_single_gpu_and_multi_node_examples(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "usage: ldae pretrain" in text and "--global-batch" in text
-    assert "torchrun --nnodes 4 --nproc_per_node 8" in text and "--rdzv_endpoint" in text
+    assert "torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint" in text
 
 
 def test_benchmark_smoke_writes_well_formed_json(tmp_path):
