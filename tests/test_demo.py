@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from _tiny_release import ARGS, TAG, make_release
+from _tiny_release import ARGS, TAG, make_release, with_denoiser
 from ldae import cli, viz
 from ldae.demo import get_args_parser, run_demo
 from ldae.export import export_to_timm
@@ -74,17 +74,17 @@ def test_demo_runs_offline_on_the_real_manifest(tmp_path, monkeypatch, offline, 
 def test_demo_uses_the_first_released_tag(release, tmp_path, monkeypatch, offline):
     root, _, model = release
     monkeypatch.setenv("LDAE_WEIGHTS_DIR", str(root))
-    res = _demo(["--out", str(tmp_path), "--quiet"])
+    res = _demo(["--out", str(tmp_path), "--quiet", "--limit", "2"])
     assert res.trained and res.model == TAG and res.denoiser is None
     assert any("ships its encoder only" in n for n in res.notes)
     assert "denoise.png" not in res.files and not (tmp_path / "denoise.png").exists()
     # The features are the released encoder's: the l-DAE encoder folded at t=10, on the 32 px samples.
-    x, _ = load_images(None, 32, *DIT_NORM)
+    x, _ = load_images(None, 32, *DIT_NORM, limit=2)
     with torch.no_grad():
         expected = export_to_timm(model, 10)(x)
     torch.testing.assert_close(res.features, expected, atol=1e-4, rtol=1e-4)
     # Figures use the release's own tokenizer (4x4 patches, 32 px images).
-    assert _png(tmp_path / "noise.png") == viz.grid_size(4, 3, (128, 128), title_lines=2)
+    assert _png(tmp_path / "noise.png") == viz.grid_size(2, 3, (128, 128), title_lines=2)
     assert _png(tmp_path / "bases.png") == viz.grid_size(2, 8, (64, 64), col_titles=False, title_lines=1)
 
 
@@ -92,10 +92,10 @@ def test_demo_uses_the_first_released_tag(release, tmp_path, monkeypatch, offlin
 def test_demo_with_a_full_model_adds_the_denoising_figure(release, kind, tmp_path, monkeypatch, offline):
     root, files, model = release
     monkeypatch.setenv("LDAE_WEIGHTS_DIR", str(root))
-    res = _demo(["--model", str(files / kind), "--out", str(tmp_path), "--quiet"])
+    res = _demo(["--model", str(files / kind), "--out", str(tmp_path), "--quiet", "--limit", "2"])
     assert res.denoiser == kind and res.trained
-    assert _png(tmp_path / "denoise.png") == viz.grid_size(4, 5, (128, 128), title_lines=1)
-    x, _ = load_images(None, 32, *DIT_NORM)
+    assert _png(tmp_path / "denoise.png") == viz.grid_size(2, 5, (128, 128), title_lines=1)
+    x, _ = load_images(None, 32, *DIT_NORM, limit=2)
     ex = viz.denoise_examples(model, x, seed=0)
     expected = viz.denoising_figure([ex, viz.denoise_examples(model, x, 999, 0)], *DIT_NORM, f"Fig. 8: l-DAE denoising, {kind}")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "denoise.png")), np.asarray(expected))
@@ -125,22 +125,23 @@ def _tok_file(tmp_path):
     return path
 
 
-def test_demo_with_a_released_denoiser(tmp_path_factory, monkeypatch, offline):
-    root, files = tmp_path_factory.mktemp("weights"), tmp_path_factory.mktemp("files")
-    model = make_release(root, files, ship_denoiser=True)
+def test_demo_with_a_released_denoiser(release, tmp_path, monkeypatch, offline):
+    root = with_denoiser(release[0], release[1], tmp_path / "weights")
+    model = release[2]
     monkeypatch.setenv("LDAE_WEIGHTS_DIR", str(root))
     assert load_denoiser(None)[1] == TAG  # the default denoiser: the first tag that ships one
-    out = tmp_path_factory.mktemp("demo")
-    res = _demo(["--out", str(out), "--quiet"])
+    out = tmp_path / "demo"
+    res = _demo(["--out", str(out), "--quiet", "--limit", "2"])
     assert res.model == TAG and res.denoiser == TAG and not res.notes
-    x, _ = load_images(None, 32, *DIT_NORM)
+    x, _ = load_images(None, 32, *DIT_NORM, limit=2)
     runs = [viz.denoise_examples(model, x, t, 0) for t in (None, 999)]
     expected = viz.denoising_figure(runs, *DIT_NORM, f"Fig. 8: l-DAE denoising, {TAG}")
     np.testing.assert_array_equal(np.asarray(Image.open(out / "denoise.png")), np.asarray(expected))
     # A damaged release is refused before anything reads it.
-    with open(root / "denoiser.safetensors", "r+b") as f:
-        f.seek(-4, 2)
-        f.write(b"\0\0\0\1")
+    path = root / "denoiser.safetensors"
+    damaged = path.read_bytes()[:-4] + b"\0\0\0\1"
+    path.unlink()  # a hard link: leave the shared file intact
+    path.write_bytes(damaged)
     with pytest.raises(WeightsIntegrityError, match="denoiser: .* has sha256 .* the manifest expects"):
         load_denoiser(TAG)
 
