@@ -384,6 +384,9 @@ def _run(args: argparse.Namespace, env: dist.DistEnv, size: Any, batch: int, acc
         ddp = _wrap_ddp(model, env)
         net = ddp
     if args.compile:
+        # Fill the schedule's per-device table cache first: filling it inside the compiled forward
+        # would invalidate a guard and compile the graph twice.
+        model.schedule.lookup(torch.zeros(1, dtype=torch.long, device=env.device), check=False)
         net = torch.compile(net, mode=args.compile_mode)
 
     peak = args.peak_tflops * 1e12 if args.peak_tflops else (measure_matmul_peak(env.device) if cuda else None)
@@ -393,6 +396,7 @@ def _run(args: argparse.Namespace, env: dist.DistEnv, size: Any, batch: int, acc
         world_size=env.world_size, batch_size=batch, accum_iter=accum, global_batch=global_batch, lr=base_lr,
         steps_per_epoch=spe, total_steps=total_steps, warmup_steps=cfg.warmup_steps, params=params,
         train_gflops_per_image=flops / 1e9, peak_tflops=peak / 1e12 if peak else None, precision=precision,
+        sdpa_attention=all(getattr(b.attn, "fused_attn", False) for b in model.blocks),  # timm's F.scaled_dot_product_attention path
     ))
     log.info(f"l-DAE {args.model}: {params / 1e6:.1f}M params, d={model.d}, {precision}, compile={args.compile}; "
              f"{env.world_size} x {env.device.type} x batch {batch} x accum {accum} = {global_batch} per step, lr {base_lr:.3g}; "
