@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from .configs import SIZES
+from .size_spec import model_spec_arg
 from .model import LDAE
 from .noise import INPUT_SPACES, NOISE_SPACES
 from .schedule import SCHEDULES, build_schedule
@@ -25,7 +26,9 @@ TRAJECTORY_ARG_DEFAULTS: dict[str, str] = {"input_space": "image", "target": "im
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the model flags (defaults = the paper's l-DAE) to ``parser``."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default="half_large", choices=sorted(SIZES), help="model size (paper default: half_large = ViT-1/2L encoder)")
+    g.add_argument("--model", default="half_large", type=model_spec_arg, metavar="SIZE",
+                   help=f"model size: one of {', '.join(sorted(SIZES))} (default half_large = the paper's ViT-1/2L encoder), "
+                   "or an inline size custom:img=32,patch=4,dim=64,enc=2,dec=2,heads=2,d=16")
     g.add_argument("--d", type=int, default=None, help="latent dimension of the noise (default: the size's, 32 for 16x16 patches)")
     g.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True, help="noise on unit-variance PCA latents")
     g.add_argument("--noise-space", default="latent", choices=NOISE_SPACES, help="'pixel' is the classical DAE ablation")

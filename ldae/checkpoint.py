@@ -23,12 +23,11 @@ import torch
 from .builder import build_model_from_args
 from .io import atomic_path
 from .model import LDAE
-from .tokenizer import PatchPCA
+from .tokenizers import tokenizer_from_state_dict  # every tokenizer format (PCA, AE, VAE, pixel)
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "tokenizer_from_state_dict"]
 
 FORMAT = "ldae.checkpoint.v1"
-_TOK_PREFIX = "noise.tokenizer."
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -49,25 +48,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not an l-DAE checkpoint (expected format {FORMAT!r})")
     return ckpt
-
-
-def tokenizer_from_state_dict(state_dict: dict[str, torch.Tensor], meta: dict[str, str] | None) -> PatchPCA | None:
-    """Rebuild the :class:`PatchPCA` held inside a model state dict (None for a pixel-space model)."""
-    if meta is None or _TOK_PREFIX + "components" not in state_dict:
-        return None
-    import json
-
-    return PatchPCA(
-        state_dict[_TOK_PREFIX + "components"],
-        state_dict[_TOK_PREFIX + "eigenvalues"],
-        state_dict[_TOK_PREFIX + "mean"],
-        patch_size=int(meta["patch_size"]),
-        in_chans=int(meta["in_chans"]),
-        norm_mean=json.loads(meta["norm_mean"]),
-        norm_std=json.loads(meta["norm_std"]),
-        num_images=int(meta["num_images"]),
-        num_patches=int(meta["num_patches"]),
-    )
 
 
 def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, use_ema: bool = True) -> LDAE:

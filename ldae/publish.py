@@ -122,8 +122,10 @@ def _noise_config(model: LDAE, args: dict[str, Any], t: int) -> NoiseConfig:
     )
 
 
-def _shipped_tokenizer_name(tok: PatchPCA) -> str | None:
+def _shipped_tokenizer_name(tok) -> str | None:
     """Name of a shipped tokenizer holding exactly these tensors (so a release can reuse its file)."""
+    if not isinstance(tok, PatchPCA):  # only PCA tokenizers ship in weights/
+        return None
     manifest = load_manifest()
     for name, entry in manifest.tokenizers.items():
         if entry.patch_size != tok.patch_size or entry.in_chans != tok.in_chans:

@@ -1,0 +1,54 @@
+"""Pretraining checkpoints rebuild the model they hold, whatever its tokenizer."""
+import argparse
+
+import pytest
+import torch
+
+from ldae.builder import add_model_args, build_model_from_args
+from ldae.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ldae.patch_ae import PatchAE
+from ldae.tokenizer import PatchPCA
+
+SIZE = "custom:img=16,patch=4,dim=32,enc=1,dec=1,heads=2,d=6"
+
+
+def _args(*extra: str) -> argparse.Namespace:
+    return add_model_args(argparse.ArgumentParser()).parse_args(["--model", SIZE, *extra])
+
+
+def _images() -> torch.Tensor:
+    return torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("kind", ["pca", "ae"])
+def test_round_trip_rebuilds_identical_model(tmp_path, kind):
+    if kind == "pca":
+        tok, args = PatchPCA.fit([_images()], patch_size=4), _args()
+    else:  # Eq. 4's weights live on the PCA basis, so an AE tokenizer trains with tail weight 1
+        tok, args = PatchAE.fit([_images()], patch_size=4, d=6, steps=5, batch_size=64), _args("--tail-weight", "1")
+    torch.manual_seed(0)
+    model = build_model_from_args(args, tok)
+    for p in model.parameters():  # non-trivial weights, so equality means something
+        torch.nn.init.normal_(p, std=0.05)
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(dict(model=model.state_dict(), ema=None, args=vars(args), tokenizer=tok.metadata(), step=3, epoch=1), path)
+    back = model_from_checkpoint(path)
+    assert type(back.tokenizer) is type(tok)
+    for (k, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), k
+    x = _images()[:2]
+    torch.testing.assert_close(back(x, t=torch.tensor([5, 700]), generator=torch.Generator().manual_seed(1)),
+                               model.eval()(x, t=torch.tensor([5, 700]), generator=torch.Generator().manual_seed(1)))
+
+
+def test_refuses_foreign_and_truncated_files(tmp_path):
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not an l-DAE checkpoint"):
+        load_checkpoint(tmp_path / "other.pth")
+    good = tmp_path / "good.pth"
+    save_checkpoint(dict(model={"w": torch.zeros(1000)}, args={}, step=0, epoch=0), good)
+    (tmp_path / "cut.pth").write_bytes(good.read_bytes()[:500])
+    with pytest.raises(ValueError, match="not a readable l-DAE checkpoint"):
+        load_checkpoint(tmp_path / "cut.pth")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pth")
