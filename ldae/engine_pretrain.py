@@ -27,7 +27,7 @@ from .lr_sched import lr_at, set_lr
 from .metrics_log import MetricsLogger
 from .sampler import mix_seed
 
-__all__ = ["StepConfig", "TrainState", "NonFiniteLossError", "train_step", "train_one_epoch", "noise_seed"]
+__all__ = ["StepConfig", "TrainState", "EpochContext", "NonFiniteLossError", "train_step", "train_one_epoch", "check_finite", "noise_seed"]
 
 _NOISE_TAG = 0x4E4F495345  # keeps noise seeds apart from augmentation seeds built from the same numbers
 
