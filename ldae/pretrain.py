@@ -34,7 +34,7 @@ from .lr_sched import scaled_lr
 from .metrics_log import MetricsLogger
 from .model import LDAE
 from .pretrain_data import GPUResidentData, LoaderData, PretrainData, ShardData, check_min_image_size
-from .size_spec import model_spec_arg, parse_model_spec
+from .size_spec import parse_model_spec
 from .tokenizer import DIT_NORM, IMAGENET_NORM, PatchPCA
 from .tokenizers import Tokenizer, load_tokenizer, tokenizer_from_state_dict
 
@@ -67,11 +67,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Pretrain an l-DAE (latent denoising autoencoder) with the paper's recipe; "
         "runs under python and torchrun alike.", epilog=_EPILOG,
     )
-    add_model_args(parser)
-    model_action = next(a for a in parser._actions if a.dest == "model")
-    model_action.choices, model_action.type = None, model_spec_arg  # also accept inline custom:... sizes
-    model_action.help = ("model size: a name (base, half_large, large, tiny_patch4_32, ...) or an inline size "
-                         "custom:img=32,patch=4,dim=64,enc=2,dec=2,heads=2,d=16 (default half_large, the paper's)")
+    add_model_args(parser)  # --model also takes inline custom:... sizes (ldae.size_spec)
 
     g = parser.add_argument_group("data")
     g.add_argument("--data", default=None, help="image folder, .tar or .tar.gz in ImageFolder layout (<split>/<class>/<image>)")
