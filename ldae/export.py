@@ -83,8 +83,23 @@ def export_to_timm(model: LDAE, t: int | None = None, **vit_overrides: Any) -> V
 
     ``t`` defaults to the schedule's evaluation level (t = 10 of 1000; the single level for a
     single-level schedule). ``vit_overrides`` go to the constructor (e.g. ``dynamic_img_size=True``).
+    A model of a registered size is built through timm's registry (``ldae_vit_<size>``), so it carries
+    a full pretrained cfg (preprocessing for ``resolve_model_data_config``; ``save_for_hf`` works);
+    its mean/std are the tokenizer's normalisation.
     """
+    import timm
+
+    from . import zoo  # registers the architectures (imported here: the zoo itself imports this module)
+    from .configs import SIZES
+
     t = model.schedule.eval_t if t is None else int(t)
-    vit = VisionTransformer(**{**vit_kwargs(model.size), **vit_overrides})
+    arch = next((zoo.ARCH_PREFIX + name for name, size in SIZES.items() if size == model.size), None)
+    if arch is not None:
+        vit = timm.create_model(arch, pretrained=False, **vit_overrides)
+        tok = model.tokenizer
+        if tok is not None and hasattr(tok, "norm_mean"):
+            vit.pretrained_cfg = {**vit.pretrained_cfg, "mean": tuple(tok.norm_mean), "std": tuple(tok.norm_std)}
+    else:  # a custom size or encoder split: a plain VisionTransformer without a registry cfg
+        vit = VisionTransformer(**{**vit_kwargs(model.size), **vit_overrides})
     vit.load_state_dict(export_encoder_state_dict(model, t), strict=True)
     return vit.eval()

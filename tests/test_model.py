@@ -217,3 +217,22 @@ def test_export_state_dict_is_a_plain_vit_and_leaves_model_untouched():
     assert model.t_embedder.mlp[0].weight.dtype == torch.float32
     with pytest.raises(ValueError, match=r"integers in \[0, 999\]"):
         export_encoder_state_dict(model, -1)
+
+
+def test_export_of_a_registered_size_carries_its_preprocessing(tmp_path):
+    import timm
+    from timm.models import save_for_hf
+
+    size = SIZES["tiny_patch4_32"]
+    tok = PatchPCA(torch.eye(48), torch.ones(48), torch.zeros(48), 4, norm_mean=(0.4, 0.4, 0.4), norm_std=(0.2, 0.2, 0.2))
+    model = LDAE("tiny_patch4_32", tok).eval()
+    _randomize_adaln(model)
+    vit = export_to_timm(model, 10)
+    cfg = timm.data.resolve_model_data_config(vit)
+    assert cfg["input_size"] == (3, size.img_size, size.img_size)
+    assert cfg["mean"] == (0.4, 0.4, 0.4) and cfg["std"] == (0.2, 0.2, 0.2)
+    save_for_hf(vit, tmp_path / "enc", safe_serialization=True)
+    back = timm.create_model(f"local-dir:{tmp_path / 'enc'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (back(x) - model.forward_features(x, 10)).abs().max() <= 1e-5
