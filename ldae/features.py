@@ -182,10 +182,11 @@ def _from_ldae_checkpoint(path: str, t: int | None, use_ema: bool, num_classes: 
     mean, std = (tok.norm_mean, tok.norm_std) if tok is not None else DIT_NORM
     size = ldae_model.size
     # The pretraining input: the whole image, shorter side resized, center-cropped (crop_pct 1).
-    vit.pretrained_cfg = dict(
-        input_size=(size.in_chans, size.img_size, size.img_size), mean=tuple(mean), std=tuple(std),
-        crop_pct=1.0, crop_mode="center", interpolation="bicubic", num_classes=num_classes,
-    )
+    vit.pretrained_cfg = {
+        **(getattr(vit, "pretrained_cfg", None) or {}),
+        "input_size": (size.in_chans, size.img_size, size.img_size), "mean": tuple(mean), "std": tuple(std),
+        "crop_pct": 1.0, "crop_mode": "center", "interpolation": "bicubic", "num_classes": num_classes,
+    }
     has_ema = ckpt.get("ema") is not None
     return Backbone(
         vit.eval(), {}, path, "ldae-checkpoint", t=t, noise=ldae_model.noise,
