@@ -206,9 +206,7 @@ def _main(args: argparse.Namespace, run: Any, start: float) -> int:
     state = load_train_state(resume, CKPT_FORMAT) if resume else None
 
     # Class folders first: the model's head is sized by them.
-    probe_args = argparse.Namespace(**vars(args))
-    train_ds, val_ds = build_splits(probe_args)
-    args.val_split = probe_args.val_split
+    train_ds, val_ds = build_splits(args)
     num_classes = len(train_ds.classes)
     if state is not None and state["num_classes"] != num_classes:
         raise ValueError(f"{resume} was fine-tuned for {state['num_classes']} classes; {args.data} has {num_classes}")
@@ -217,12 +215,14 @@ def _main(args: argparse.Namespace, run: Any, start: float) -> int:
     val_ds.transform = create_transform(
         cfg["input_size"], is_training=False, interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"],
         crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode", "center"))
-    model = model.to(device)
-    ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
     if state is not None:
         model.load_state_dict(state["model"])
-        if ema is not None and state.get("ema") is not None:
-            ema.module.load_state_dict(state["ema"])
+    model = model.to(device)
+    # The EMA starts from the (loaded) model; a checkpoint's own EMA replaces it.
+    has_ema = state is not None and state.get("ema") is not None
+    ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema and (not args.eval or has_ema) else None
+    if ema is not None and has_ema:
+        ema.module.load_state_dict(state["ema"])
 
     if args.batch_size % (world * args.accum_iter):
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by {world} processes x --accum-iter {args.accum_iter}")
@@ -233,7 +233,7 @@ def _main(args: argparse.Namespace, run: Any, start: float) -> int:
     if args.eval:
         res = evaluate(model, val_loader, device=device, amp_dtype=run.amp_dtype, quiet=run.quiet)
         record = {"top1": res["top1"], "top5": res["top5"], "loss": res["loss"]}
-        if ema is not None and state is not None and state.get("ema") is not None:
+        if ema is not None:
             e = evaluate(ema.module, val_loader, device=device, amp_dtype=run.amp_dtype, quiet=run.quiet)
             record.update(top1_ema=e["top1"], top5_ema=e["top5"])
         run.print(f"finetune eval top-1 {record['top1']:.2f}  top-5 {record['top5']:.2f}"

@@ -243,8 +243,10 @@ def extract_split_features(args: argparse.Namespace, run: Run, train: Dataset, v
     out = []
     for ds, split in ((train, args.train_split), (val, args.val_split)):
         ds.transform = transform  # type: ignore[attr-defined]
-        identity = {"backbone": backbone.identity, "noisy_input": extractor.noise is not None, "seed": args.seed,
+        identity = {"backbone": backbone.identity, "noisy_input": extractor.noise is not None,
                     "amp": str(run.amp_dtype), **dataset_identity(args.data, split)}
+        if extractor.noise is not None:  # the noise draw depends on the seed and the number of processes
+            identity.update(seed=args.seed, world_size=run.world_size)
         fs, path = cached_features(
             extractor, ds, to_jsonable(identity), cache_dir, name=f"{Path(str(backbone.spec)).name}-{split}",
             recompute=args.recompute, batch_size=batch_size,

@@ -1,11 +1,19 @@
-"""k-NN classifier: a hand-computed vote, invariances, errors, and ``ldae knn`` end to end."""
+"""k-NN classifier: a hand-computed vote, invariances, errors, ``ldae knn`` end to end, and the two-process
+feature gather and accuracy reduction every recipe relies on."""
 import json
 import math
+import os
+import socket
 
 import pytest
+import timm
 import torch
+import torch.multiprocessing as mp
 from _recipe_helpers import tiny_checkpoint
 
+from ldae import dist
+from ldae.engine_finetune import evaluate
+from ldae.features import FeatureExtractor, extract_features
 from ldae.knn import get_args_parser, knn_classify, knn_evaluate, knn_scores, main
 
 
@@ -79,3 +87,54 @@ def test_cli_end_to_end_with_cache(cifar_root, tmp_path):
     assert main(get_args_parser().parse_args(argv + ["--output-dir", str(tmp_path / "out2")])) == 0
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert json.loads((tmp_path / "out2" / "knn_results.json").read_text())["per_k"] == res["per_k"]
+
+
+# ---------------------------------------------------------------------------- two processes
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shared_inputs():
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, depth=1,
+                            num_classes=0, global_pool="avg", class_token=False)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(3, 16, 16, generator=g), i % 4) for i in range(11)]  # 11: the ranks hold 6 and 5
+    return vit, data
+
+
+def _worker(rank: int, world: int, port: int, out: dict) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    dist.init_distributed("cpu")
+    try:
+        vit, data = _shared_inputs()
+        feats, labels = extract_features(FeatureExtractor(vit), data, batch_size=2, num_workers=0, quiet=True)
+        head = torch.nn.Linear(vit.num_features, 4)
+        torch.manual_seed(2)
+        torch.nn.init.normal_(head.weight)
+        mine = [(f[None], y[None]) for f, y in zip(feats[rank::world], labels[rank::world])]  # this rank's share
+        acc = evaluate(head, mine, device=torch.device("cpu"), quiet=True)
+        out[rank] = {"feats": feats.tolist(), "labels": labels.tolist(), "acc": acc}
+    finally:
+        dist.destroy_distributed()
+
+
+def test_two_processes_gather_features_in_order_and_reduce_accuracy():
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        res = dict(out)
+    vit, data = _shared_inputs()
+    feats, labels = extract_features(FeatureExtractor(vit), data, batch_size=4, num_workers=0, quiet=True)
+    head = torch.nn.Linear(vit.num_features, 4)
+    torch.manual_seed(2)
+    torch.nn.init.normal_(head.weight)
+    acc = evaluate(head, [(feats, labels)], device=torch.device("cpu"), quiet=True)
+    for r in (0, 1):
+        torch.testing.assert_close(torch.tensor(res[r]["feats"]), feats, rtol=1e-5, atol=1e-6)
+        assert res[r]["labels"] == labels.tolist() == [i % 4 for i in range(11)]
+        assert res[r]["acc"]["n"] == 11 and res[r]["acc"]["top1"] == pytest.approx(acc["top1"])
+        assert res[r]["acc"]["loss"] == pytest.approx(acc["loss"], rel=1e-5)
