@@ -9,10 +9,12 @@ A backbone is named by one string (``--model``):
   ``VisionTransformer`` (:func:`ldae.export.export_to_timm`, exact), EMA weights by default.
 
 Features are the model's pooled output (``num_classes=0``; global average pooling for l-DAE), computed
-in eval mode without autograd. For an exported l-DAE encoder the level t is baked into the weights;
-for a checkpoint it is ``--t`` (default: the schedule's evaluation level, t = 10 of 1000, App. A).
-With ``noisy_input`` the checkpoint's own :class:`~ldae.noise.LatentNoise` corrupts the image at the
-same t before the encoder (App. A's "w/ noisy input" row).
+in eval mode without autograd. For an exported l-DAE encoder (zoo name or export folder) the level t
+is baked into the weights and recorded with them; for a checkpoint it is ``--t`` (default: the
+schedule's evaluation level, t = 10 of 1000, App. A). With ``noisy_input`` the latent noise of the
+model's pretraining (:class:`~ldae.noise.LatentNoise`: the checkpoint's own, or the tokenizer and
+schedule a zoo name / export records) corrupts the image at the same t before the encoder (App. A's
+"w/ noisy input" row).
 
 Preprocessing comes from the model's ``pretrained_cfg`` through ``timm.data.resolve_model_data_config``
 (l-DAE checkpoints: the tokenizer's normalisation, full-image center crop).
@@ -143,10 +145,38 @@ def create_backbone(
             identity["files"] = [_file_identity(p) for p in sorted(folder.iterdir()) if p.is_file()]
         else:
             identity["tag"] = getattr(model, "pretrained_cfg", {}).get("tag")
-        backbone = Backbone(model.eval(), {}, spec, source, arch=arch, identity=identity)
+        noise_cfg = _ldae_noise_config(name)  # an l-DAE zoo name or export: the level it was exported at
+        if noise_cfg is not None:
+            identity["t"] = noise_cfg.t
+        backbone = Backbone(model.eval(), {}, spec, source, t=noise_cfg.t if noise_cfg else None, arch=arch,
+                            identity=identity)
     backbone.data_config = resolve_data_config(backbone.model, data_overrides)
     backbone.identity["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}
     return backbone
+
+
+def _ldae_noise_config(name: str) -> Any:
+    """The :class:`ldae.weights.NoiseConfig` of an l-DAE zoo name or ``ldae export`` folder, else None."""
+    from .weights import ARCH_PREFIX, get_noise_config
+
+    if not name.startswith((ARCH_PREFIX, "local-dir:", "hf-hub:")):
+        return None
+    try:
+        return get_noise_config(name)
+    except (ValueError, KeyError, FileNotFoundError):  # another model's export, or an unreachable hub
+        return None
+
+
+def _zoo_noise(name: str) -> LatentNoise | None:
+    """The latent noise an l-DAE zoo model or export was pretrained with (None for other models)."""
+    from .weights import get_noise_transform
+
+    if _ldae_noise_config(name) is None:
+        return None
+    try:
+        return get_noise_transform(name, batched=True)
+    except (ValueError, FileNotFoundError):  # e.g. a size without a shipped tokenizer
+        return None
 
 
 def _create_timm(name: str, pretrained: bool, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
@@ -247,11 +277,16 @@ class FeatureExtractor(nn.Module):
 
     @classmethod
     def from_backbone(cls, backbone: Backbone, noisy_input: bool = False) -> "FeatureExtractor":
-        if noisy_input and backbone.noise is None:
+        """The extractor of ``backbone``; ``noisy_input`` uses the latent noise its pretraining used (an
+        l-DAE checkpoint's own, or the tokenizer and schedule an l-DAE zoo name / export records)."""
+        noise = backbone.noise
+        if noisy_input and noise is None and backbone.arch.get("kind") == "timm":
+            noise = backbone.noise = _zoo_noise(backbone.arch["name"])
+        if noisy_input and (noise is None or backbone.t is None):
             raise ValueError(
-                f"noisy input needs an l-DAE pretraining checkpoint (its tokenizer and schedule define the noise); "
-                f"{backbone.spec!r} is a {backbone.source} model")
-        return cls(backbone.model, backbone.noise if noisy_input else None, backbone.t)
+                f"noisy input needs an l-DAE model (a pretraining checkpoint, an ldae_vit_* name or an `ldae export` "
+                f"folder: its tokenizer and schedule define the noise); {backbone.spec!r} is not one")
+        return cls(backbone.model, noise if noisy_input else None, backbone.t)
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
         self.training = mode  # the backbone stays in eval mode whatever the caller's mode
@@ -415,11 +450,13 @@ def add_backbone_args(parser: argparse.ArgumentParser, frozen: bool = True) -> a
     g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="load the timm name's weights; --no-pretrained is the random-init control")
     g.add_argument("--t", type=int, default=None,
-                   help="noise level of an l-DAE checkpoint's encoder (default: its eval level, t=10 of 1000; App. A)")
+                   help="noise level of an l-DAE checkpoint's encoder (default: its eval level, t=10 of 1000; App. A); "
+                        "zoo names and exports carry the level they were exported at")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use a checkpoint's EMA weights")
     if frozen:
         g.add_argument("--noisy-input", action="store_true",
-                       help="add the checkpoint's latent noise at the same t to the input (App. A 'w/ noisy input')")
+                       help="add the model's pretraining latent noise at its level t to the input (App. A 'w/ noisy "
+                            "input'; l-DAE checkpoints, zoo names and exports)")
     g.add_argument("--input-size", type=int, default=None, help="image size (default: the model's pretrained_cfg)")
     g.add_argument("--crop-pct", type=float, default=None, help="eval center-crop fraction (default: the model's)")
     g.add_argument("--interpolation", default=None, help="resize interpolation (default: the model's)")

@@ -111,12 +111,25 @@ def test_checkpoint_backbone_is_the_encoder_at_t(tmp_path):
         torch.testing.assert_close(got, model.forward_features(x_t, 50), rtol=1e-4, atol=1e-5)
 
 
+def test_zoo_name_carries_its_level_and_noise():
+    import ldae
+
+    bb = create_backbone("ldae_vit_tiny_patch4_32", pretrained=False)
+    assert bb.t == ldae.get_noise_config("ldae_vit_tiny_patch4_32").t == 10 and bb.num_features == 192
+    ext = FeatureExtractor.from_backbone(bb, noisy_input=True)
+    x = torch.randn(2, 3, 32, 32).clamp(-1, 1)
+    noise = ldae.get_noise_transform("ldae_vit_tiny_patch4_32", batched=True)
+    with torch.no_grad():
+        want = bb.model(noise(x, 10, generator=torch.Generator().manual_seed(0)).x_t)
+    torch.testing.assert_close(ext(x, generator=torch.Generator().manual_seed(0)), want)
+
+
 def test_backbone_errors():
     with pytest.raises(ValueError, match="--t applies to l-DAE pretraining checkpoints only"):
         create_backbone("vit_tiny_patch16_224", pretrained=False, t=10)
     bb = create_backbone("vit_tiny_patch16_224", pretrained=False, img_size=32)
     assert bb.data_config["input_size"] == (3, 32, 32)  # the model's own size, not its cfg's 224
-    with pytest.raises(ValueError, match="noisy input needs an l-DAE pretraining checkpoint"):
+    with pytest.raises(ValueError, match="noisy input needs an l-DAE model"):
         FeatureExtractor.from_backbone(bb, noisy_input=True)
     with pytest.raises(ValueError, match="unknown model 'no_such_model_xyz'"):
         create_backbone("no_such_model_xyz", pretrained=False)
