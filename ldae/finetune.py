@@ -300,7 +300,7 @@ def _main(args: argparse.Namespace, run: Any, start: float) -> int:
     record = {"top1": test["top1"], "top5": test["top5"], "max_top1": max(best, test["top1"])}
     if test_ema:
         record.update(top1_ema=test_ema["top1"], top5_ema=test_ema["top5"])
-    run.print(f"finetune top-1 {record['top1']:.2f}  top-5 {record['top5']:.2f}  ({args.epochs} epochs, "
+    run.print(f"finetune top-1 {record['top1']:.2f}  top-5 {record['top5']:.2f}  ({args.epochs} epoch{'' if args.epochs == 1 else 's'}, "
               f"{time.time() - start:.1f} s)", force=True)
     run.write_results({
         **record, "epochs": args.epochs, "batch_size": args.batch_size, "lr": lr, "layer_decay": layer_decay,

@@ -212,7 +212,7 @@ def _run_paper(args: argparse.Namespace, run: Any) -> tuple[Any, Dataset, Datase
     from timm.data import create_transform
 
     from .features import backbone_from_args
-    from .recipe import build_splits
+    from .recipe import build_splits, describe_backbone
 
     backbone = backbone_from_args(args)
     cfg = backbone.data_config
@@ -251,6 +251,7 @@ def _run_paper(args: argparse.Namespace, run: Any) -> tuple[Any, Dataset, Datase
     optimizer = build_lars(head, lr, args.momentum, args.weight_decay, args.trust_coeff)
     lr_schedule = cosine_schedule(lr, args.epochs, args.warmup_epochs, len(batches), args.min_lr)
     probe = ProbeModel(extractor, head)
+    run.print(describe_backbone(backbone, args.noisy_input))
     run.print(f"paper-mode probe: {len(train_ds)} train / {len(val_ds)} val images, {num_classes} classes, "
               f"batch {args.batch_size} ({world} x {per_rank // micro} x {micro}), lr {lr:.4g}, "
               f"{len(batches)} updates/epoch")
@@ -301,6 +302,10 @@ def _plain_head(head: nn.Module) -> LinearHead:
     plain = LinearHead(fc.in_features, fc.out_features)
     plain.load_state_dict({k: v.detach().cpu() for k, v in head.state_dict().items()})
     return plain
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:
@@ -382,7 +387,7 @@ def main(args: argparse.Namespace) -> int:
         if run.is_main and res is not None:
             save_safetensors(res.head.state_dict(), run.out / "head.safetensors",
                              {"classes": json.dumps(list(train_ds.classes)), "model": str(args.model)})
-            run.print(f"probe top-1 {res.top1:.2f}  top-5 {res.top5:.2f}  ({args.mode} mode, {args.epochs} epochs, "
+            run.print(f"probe top-1 {res.top1:.2f}  top-5 {res.top5:.2f}  ({args.mode} mode, {_plural(args.epochs, 'epoch')}, "
                       f"{time.time() - start:.1f} s)", force=True)
             run.write_results({
                 "top1": res.top1, "top5": res.top5, "max_top1": res.max_top1, "mode": args.mode,

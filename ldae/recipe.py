@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 from .dist import barrier, destroy_distributed, init_distributed, seed_everything
 from .io import atomic_path
 
-__all__ = ["Run", "add_data_args", "add_runtime_args", "add_checkpoint_args", "build_splits", "extract_split_features", "git_commit"]
+__all__ = ["Run", "add_data_args", "add_runtime_args", "add_checkpoint_args", "build_splits", "extract_split_features",
+           "describe_backbone", "command_line", "git_commit"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,6 +220,15 @@ def _device_name(device: torch.device) -> str:
 # Cached features of both splits
 # ----------------------------------------------------------------------------------------------
 
+def describe_backbone(backbone: Any, noisy_input: bool = False) -> str:
+    """One line naming the backbone, its feature size, level t and preprocessing."""
+    from .features import to_jsonable
+
+    t = "" if backbone.t is None else f", t={backbone.t}"
+    return (f"backbone {backbone.spec} ({backbone.source}, {backbone.num_features}-d features{t}"
+            f"{', noisy input' if noisy_input else ''}); input {to_jsonable(backbone.data_config)}")
+
+
 def extract_split_features(args: argparse.Namespace, run: Run, train: Dataset, val: Dataset, batch_size: int = 256):
     """Build the backbone of ``args``, then the (cached) clean-crop features of both splits.
 
@@ -237,9 +247,7 @@ def extract_split_features(args: argparse.Namespace, run: Run, train: Dataset, v
                                  crop_mode=cfg.get("crop_mode", "center"))
     extractor = FeatureExtractor.from_backbone(backbone, noisy_input=getattr(args, "noisy_input", False))
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "features"
-    run.print(f"backbone {backbone.spec} ({backbone.source}, {backbone.num_features}-d features"
-              f"{'' if backbone.t is None else f', t={backbone.t}'}{', noisy input' if extractor.noise is not None else ''}); "
-              f"input {to_jsonable(cfg)}")
+    run.print(describe_backbone(backbone, extractor.noise is not None))
     out = []
     for ds, split in ((train, args.train_split), (val, args.val_split)):
         ds.transform = transform  # type: ignore[attr-defined]
