@@ -312,7 +312,7 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     line = f"epoch {r['epoch'] + 1:3d}/{epochs}  loss {r['train_loss']:.4f}  lr {r['train_lr']:.4g}"
     if "top1" in r:
         line += f"  top-1 {r['top1']:6.2f}  top-5 {r['top5']:6.2f}"
-    return line + f"  ({r['train_seconds']:.1f} s)"
+    return line + f"  ({r['train_seconds']:.2f} s)"
 
 
 # ----------------------------------------------------------------------------------------------
