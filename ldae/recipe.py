@@ -120,10 +120,10 @@ def command_line() -> str:
     visible to the process)."""
     argv = list(sys.argv)
     head = Path(argv[0]) if argv else Path("")
-    if head.suffix == ".py" and head.parent.name == "ldae":
-        argv = ["python", "-m", f"ldae.{head.stem}"] + argv[1:]
-    elif head.name == "ldae":
+    if head.name == "ldae" or (head.name == "cli.py" and head.parent.name == "ldae"):  # the console script
         argv = ["ldae"] + argv[1:]
+    elif head.suffix == ".py" and head.parent.name == "ldae":
+        argv = ["python", "-m", f"ldae.{head.stem}"] + argv[1:]
     return shlex.join(argv)
 
 

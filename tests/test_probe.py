@@ -249,3 +249,15 @@ def test_help_documents_both_lr_conventions():
     text = get_args_parser().format_help()
     assert "6.4e-3" in " ".join(text.split()) and "blr * batch-size / 256" in text and "example" in text
     assert math.isclose(get_args_parser().get_default("blr"), 0.1)
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["/usr/bin/ldae", "probe", "--data", "a b"], "ldae probe --data 'a b'"),
+    (["/src/ldae/cli.py", "knn"], "ldae knn"),
+    (["/src/ldae/probe.py", "--mode", "cached"], "python -m ldae.probe --mode cached"),
+])
+def test_results_record_the_command_as_typed(monkeypatch, argv, want):
+    from ldae.recipe import command_line
+
+    monkeypatch.setattr("sys.argv", argv)
+    assert command_line() == want
