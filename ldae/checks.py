@@ -4,9 +4,12 @@ Errors name what was expected, so a wrong call is fixed from the message alone.
 """
 from __future__ import annotations
 
+import math
+from typing import Any, Sequence
+
 import torch
 
-__all__ = ["check_images"]
+__all__ = ["check_images", "check_tokenizer_compatible"]
 
 
 def check_images(
@@ -42,3 +45,22 @@ def check_images(
             raise ValueError(f"{name}: expected {eh}x{ew} images for this model, got {h}x{w}")
     if check_finite and not torch.isfinite(x).all():
         raise ValueError(f"{name}: expected finite values, found NaN or inf")
+
+
+def check_tokenizer_compatible(
+    tok: Any, patch_size: int, in_chans: int, norm_mean: Sequence[float] | None = None, norm_std: Sequence[float] | None = None
+) -> None:
+    """Raise ``ValueError`` listing every way tokenizer ``tok`` differs from what a model expects.
+
+    ``tok`` has ``patch_size``, ``in_chans``, ``norm_mean`` and ``norm_std`` (every tokenizer kind does).
+    """
+    diffs = []
+    if patch_size != tok.patch_size:
+        diffs.append(f"patch size {tok.patch_size} (model expects {patch_size})")
+    if in_chans != tok.in_chans:
+        diffs.append(f"{tok.in_chans} channels (model expects {in_chans})")
+    for name, want, have in (("mean", norm_mean, tok.norm_mean), ("std", norm_std, tok.norm_std)):
+        if want is not None and (len(want) != len(have) or any(not math.isclose(a, b, abs_tol=1e-6) for a, b in zip(want, have))):
+            diffs.append(f"normalisation {name} {list(have)} (model expects {list(want)})")
+    if diffs:
+        raise ValueError("tokenizer does not match the model: it was fitted with " + "; ".join(diffs))

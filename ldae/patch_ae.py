@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 
-from .checks import check_images
+from .checks import check_images, check_tokenizer_compatible
 from .io import save_safetensors
 from .tokenizer import DIT_NORM, patchify, unpatchify
 
@@ -400,7 +400,7 @@ class PatchAE(nn.Module):
         self, patch_size: int, in_chans: int, norm_mean: Sequence[float] | None = None, norm_std: Sequence[float] | None = None
     ) -> None:
         """Raise ``ValueError`` listing every way this tokenizer differs from what a model expects."""
-        _check_compatible(self, patch_size, in_chans, norm_mean, norm_std)
+        check_tokenizer_compatible(self, patch_size, in_chans, norm_mean, norm_std)
 
     def extra_repr(self) -> str:
         return (
@@ -494,16 +494,3 @@ class PatchVAE(PatchAE):
     @classmethod
     def _kwargs_from_metadata(cls, meta: dict[str, str]) -> dict[str, Any]:
         return {"kl_weight": float(meta.get("kl_weight", 1.0))}
-
-
-def _check_compatible(tok: Any, patch_size: int, in_chans: int, norm_mean, norm_std) -> None:
-    diffs = []
-    if patch_size != tok.patch_size:
-        diffs.append(f"patch size {tok.patch_size} (model expects {patch_size})")
-    if in_chans != tok.in_chans:
-        diffs.append(f"{tok.in_chans} channels (model expects {in_chans})")
-    for name, want, have in (("mean", norm_mean, tok.norm_mean), ("std", norm_std, tok.norm_std)):
-        if want is not None and (len(want) != len(have) or any(not math.isclose(a, b, abs_tol=1e-6) for a, b in zip(want, have))):
-            diffs.append(f"normalisation {name} {list(have)} (model expects {list(want)})")
-    if diffs:
-        raise ValueError("tokenizer does not match the model: it was fitted with " + "; ".join(diffs))

@@ -28,7 +28,7 @@ from safetensors import safe_open
 
 from .checks import check_images
 from .io import save_safetensors
-from .patch_ae import _check_compatible
+from .checks import check_tokenizer_compatible
 from .tokenizer import DIT_NORM, patchify, unpatchify
 
 __all__ = ["PixelTokenizer"]
@@ -166,7 +166,7 @@ class PixelTokenizer(nn.Module):
         self, patch_size: int, in_chans: int, norm_mean: Sequence[float] | None = None, norm_std: Sequence[float] | None = None
     ) -> None:
         """Raise ``ValueError`` listing every way this tokenizer differs from what a model expects."""
-        _check_compatible(self, patch_size, in_chans, norm_mean, norm_std)
+        check_tokenizer_compatible(self, patch_size, in_chans, norm_mean, norm_std)
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, token_patch={self.token_patch}, in_chans={self.in_chans}, d={self.fixed_d}"

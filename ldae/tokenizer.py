@@ -10,7 +10,6 @@ the normalisation (per-channel mean/std) the basis was fitted under is stored wi
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Iterable, Sequence
 
@@ -19,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from .checks import check_images
+from .checks import check_images, check_tokenizer_compatible
 from .io import save_safetensors
 
 __all__ = ["PatchPCA", "PatchCovariance", "patchify", "unpatchify", "DIT_NORM", "IMAGENET_NORM"]
@@ -284,16 +283,7 @@ class PatchPCA(nn.Module):
         self, patch_size: int, in_chans: int, norm_mean: Sequence[float] | None = None, norm_std: Sequence[float] | None = None
     ) -> None:
         """Raise ``ValueError`` listing every way this tokenizer differs from what a model expects."""
-        diffs = []
-        if patch_size != self.patch_size:
-            diffs.append(f"patch size {self.patch_size} (model expects {patch_size})")
-        if in_chans != self.in_chans:
-            diffs.append(f"{self.in_chans} channels (model expects {in_chans})")
-        for name, want, have in (("mean", norm_mean, self.norm_mean), ("std", norm_std, self.norm_std)):
-            if want is not None and (len(want) != len(have) or any(not math.isclose(a, b, abs_tol=1e-6) for a, b in zip(want, have))):
-                diffs.append(f"normalisation {name} {list(have)} (model expects {list(want)})")
-        if diffs:
-            raise ValueError("tokenizer does not match the model: it was fitted with " + "; ".join(diffs))
+        check_tokenizer_compatible(self, patch_size, in_chans, norm_mean, norm_std)
 
     def extra_repr(self) -> str:
         return (
