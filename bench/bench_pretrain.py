@@ -23,7 +23,6 @@ import datetime
 import json
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from ldae.engine_pretrain import StepConfig, TrainState, train_step  # noqa: E40
 from ldae.flops import measure_matmul_peak, mfu, model_train_flops, vit_mse_train_flops  # noqa: E402
 from ldae.model import LDAE  # noqa: E402
 from ldae.pretrain_data import GPUResidentData  # noqa: E402
+from ldae.recipe import git_commit  # noqa: E402
 from ldae.size_spec import parse_model_spec  # noqa: E402
 from ldae.tokenizer import DIT_NORM, PatchPCA, patchify  # noqa: E402
 
@@ -147,15 +147,6 @@ def _cycle(data: GPUResidentData):
 
 
 # ---------------------------------------------------------------------------------------------- main
-def _git_commit() -> str | None:
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (r.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")) if r.returncode == 0 else None
-
-
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine() or "cpu")
 
@@ -246,7 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "pretrain_step", "smoke": bool(args.smoke), "device": _device_name(device), "device_type": device.type,
         "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
-        "cuda": torch.version.cuda if cuda else None, "command": shlex.join([sys.executable, *sys.argv]), "commit": _git_commit(),
+        "cuda": torch.version.cuda if cuda else None, "command": shlex.join([sys.executable, *sys.argv]), "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "precision": "bf16" if amp is not None else "fp32", "optimizer": "AdamW (fused on CUDA)",
         "peak_tflops": round(peak / 1e12, 3), "peak_source": "given" if args.peak_tflops else "measured matmul",

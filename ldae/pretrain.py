@@ -33,6 +33,7 @@ from .io import atomic_path
 from .lr_sched import scaled_lr
 from .metrics_log import MetricsLogger
 from .model import LDAE
+from .recipe import git_commit
 from .pretrain_data import GPUResidentData, LoaderData, PretrainData, ShardData, check_min_image_size
 from .size_spec import parse_model_spec
 from .tokenizer import DIT_NORM, IMAGENET_NORM, PatchPCA
@@ -448,23 +449,12 @@ def _jsonable_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items()}
 
 
-def _git_commit() -> str | None:
-    """The commit of the source tree this package runs from (None outside a git checkout)."""
-    import subprocess
-
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
-
-
 def _write_run_info(args: argparse.Namespace, env: dist.DistEnv, out: Path, info: dict[str, Any]) -> None:
     if not env.is_main:
         return
     import timm
 
-    record = {"command": shlex.join(sys.argv), "args": _jsonable_args(args), **info, "commit": _git_commit(),
+    record = {"command": shlex.join(sys.argv), "args": _jsonable_args(args), **info, "commit": git_commit(),
               "torch": torch.__version__, "timm": timm.__version__,
               "device": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"}
     with atomic_path(out / "run.json") as tmp:
