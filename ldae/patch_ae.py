@@ -36,12 +36,10 @@ import os
 from typing import Any, Iterable, Sequence
 
 import torch
-import torch.nn as nn
-from safetensors import safe_open
 
-from .checks import check_images, check_tokenizer_compatible
+from .checks import check_images
 from .io import save_safetensors
-from .tokenizer import DIT_NORM, patchify, unpatchify
+from .patch_tokenizer import DIT_NORM, PatchTokenizer, patchify, unpatchify
 
 __all__ = ["PatchAE", "PatchVAE", "gaussian_kl", "sample_patches"]
 
@@ -102,7 +100,7 @@ def sample_patches(
     return torch.cat(picked), num_images
 
 
-class PatchAE(nn.Module):
+class PatchAE(PatchTokenizer):
     """A fitted patch-wise linear autoencoder (frozen: every tensor is a buffer, none a parameter).
 
     Buffers (float32): ``encoder`` V (d, D), ``decoder`` U (d, D), ``mean`` m (D,) and
@@ -136,7 +134,7 @@ class PatchAE(nn.Module):
         num_patches: int = 0,
         fit_info: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(patch_size, in_chans, norm_mean, norm_std, num_images, num_patches)
         dim = patch_size * patch_size * in_chans
         d = encoder.shape[0] if encoder.ndim == 2 else -1
         latent_scale = torch.ones(max(d, 0)) if latent_scale is None else latent_scale
@@ -146,18 +144,10 @@ class PatchAE(nn.Module):
                 f"{in_chans} channels, got {tuple(encoder.shape)}, {tuple(decoder.shape)}, {tuple(mean.shape)}, "
                 f"{tuple(latent_scale.shape)}"
             )
-        if len(norm_mean) != in_chans or len(norm_std) != in_chans:
-            raise ValueError(f"norm_mean/norm_std need {in_chans} values, got {list(norm_mean)} / {list(norm_std)}")
         self.register_buffer("encoder", encoder.float().contiguous())
         self.register_buffer("decoder", decoder.float().contiguous())
         self.register_buffer("mean", mean.float().contiguous())
         self.register_buffer("latent_scale", latent_scale.float().contiguous())
-        self.patch_size = int(patch_size)
-        self.in_chans = int(in_chans)
-        self.norm_mean = tuple(float(v) for v in norm_mean)
-        self.norm_std = tuple(float(v) for v in norm_std)
-        self.num_images = int(num_images)
-        self.num_patches = int(num_patches)
         self.fit_info = dict(fit_info or {})
 
     # ------------------------------------------------------------------ shape
@@ -180,10 +170,6 @@ class PatchAE(nn.Module):
         return d
 
     # ------------------------------------------------------------------ transforms
-    def _patches(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_chans, self.patch_size, check_finite=False)
-        return patchify(x.float(), self.patch_size)  # (B, N, D) float32
-
     def encode(self, x: torch.Tensor, d: int, whiten: bool = False) -> torch.Tensor:
         """Images (B, C, H, W) -> latents (B, N, d) (the posterior mean for a VAE)."""
         self._check_d(d)
@@ -389,18 +375,8 @@ class PatchAE(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "PatchAE":
         """Read an artifact written by :meth:`save` (no pickle involved)."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer artifact not found: {path}")
-        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors, meta = cls.read_artifact(path, map_location)
         return cls.from_tensors(tensors, meta, source=str(path))
-
-    def check_compatible(
-        self, patch_size: int, in_chans: int, norm_mean: Sequence[float] | None = None, norm_std: Sequence[float] | None = None
-    ) -> None:
-        """Raise ``ValueError`` listing every way this tokenizer differs from what a model expects."""
-        check_tokenizer_compatible(self, patch_size, in_chans, norm_mean, norm_std)
 
     def extra_repr(self) -> str:
         return (

@@ -22,19 +22,16 @@ import os
 from typing import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from .checks import check_images
 from .io import save_safetensors
-from .checks import check_tokenizer_compatible
-from .tokenizer import DIT_NORM, patchify, unpatchify
+from .patch_tokenizer import DIT_NORM, PatchTokenizer, patchify, unpatchify
 
 __all__ = ["PixelTokenizer"]
 
 
-class PixelTokenizer(nn.Module):
+class PixelTokenizer(PatchTokenizer):
     """Identity tokens on a 1/s-resized image (Fig. 5), with the model's sequence length.
 
     Args:
@@ -55,16 +52,10 @@ class PixelTokenizer(nn.Module):
         norm_mean: Sequence[float] = DIT_NORM[0],
         norm_std: Sequence[float] = DIT_NORM[1],
     ) -> None:
-        super().__init__()
+        super().__init__(patch_size, in_chans, norm_mean, norm_std)  # nothing is fitted: no image counts
         if token_patch < 1 or patch_size < 1 or patch_size % token_patch:
             raise ValueError(f"token_patch must divide the patch size {patch_size}, got {token_patch}")
-        if len(norm_mean) != in_chans or len(norm_std) != in_chans:
-            raise ValueError(f"norm_mean/norm_std need {in_chans} values, got {list(norm_mean)} / {list(norm_std)}")
-        self.patch_size = int(patch_size)
         self.token_patch = int(token_patch)
-        self.in_chans = int(in_chans)
-        self.norm_mean = tuple(float(v) for v in norm_mean)
-        self.norm_std = tuple(float(v) for v in norm_std)
         # Only so latent_std lands on the tokenizer's device; not part of any state dict.
         self.register_buffer("_unit", torch.ones(self.fixed_d), persistent=False)
 
@@ -156,17 +147,8 @@ class PixelTokenizer(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "PixelTokenizer":
         """Read an artifact written by :meth:`save`."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer artifact not found: {path}")
-        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-            meta = f.metadata() or {}
+        _, meta = cls.read_artifact(path, map_location)
         return cls.from_tensors({}, meta, source=str(path))
-
-    def check_compatible(
-        self, patch_size: int, in_chans: int, norm_mean: Sequence[float] | None = None, norm_std: Sequence[float] | None = None
-    ) -> None:
-        """Raise ``ValueError`` listing every way this tokenizer differs from what a model expects."""
-        check_tokenizer_compatible(self, patch_size, in_chans, norm_mean, norm_std)
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, token_patch={self.token_patch}, in_chans={self.in_chans}, d={self.fixed_d}"

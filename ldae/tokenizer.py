@@ -1,8 +1,6 @@
 """Patch-wise PCA tokenizer (Sec. 4.2 of the paper).
 
-An image is cut into non-overlapping p x p x C patches, each flattened to a D = p*p*C vector in the
-order of ``torch.nn.functional.unfold`` (channel-major, then rows, then columns). PCA of many such
-patches gives an orthonormal basis V (rows = eigenvectors, sorted by decreasing eigenvalue); the
+Patches are flattened as :func:`ldae.patch_tokenizer.patchify` does. PCA of many such patches gives an orthonormal basis V (rows = eigenvectors, sorted by decreasing eigenvalue); the
 latent of a patch x is V_d (x - mean), optionally divided by the component standard deviations
 (whitening). Everything here works on *normalised* pixels, i.e. exactly the tensors the model sees;
 the normalisation (per-channel mean/std) the basis was fitted under is stored with it.
@@ -14,30 +12,14 @@ import os
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from safetensors import safe_open
 
-from .checks import check_images, check_tokenizer_compatible
+from .checks import check_images
 from .io import save_safetensors
+from .patch_tokenizer import DIT_NORM, IMAGENET_NORM, PatchTokenizer, patchify, unpatchify
 
 __all__ = ["PatchPCA", "PatchCovariance", "patchify", "unpatchify", "DIT_NORM", "IMAGENET_NORM"]
 
 FORMAT = "ldae.patch_pca.v1"
-# DiT's pixel range [-1, 1]: the paper builds on DiT, so this is the default normalisation.
-DIT_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-# MAE's per-channel ImageNet statistics, the alternative.
-IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, D) non-overlapping patches, N = HW/p^2, D = C p^2."""
-    return F.unfold(x, kernel_size=patch_size, stride=patch_size).transpose(1, 2)
-
-
-def unpatchify(patches: torch.Tensor, patch_size: int, hw: tuple[int, int]) -> torch.Tensor:
-    """(B, N, D) -> (B, C, H, W); the exact inverse of :func:`patchify`."""
-    return F.fold(patches.transpose(1, 2), output_size=hw, kernel_size=patch_size, stride=patch_size)
 
 
 class PatchCovariance:
@@ -76,7 +58,7 @@ class PatchCovariance:
         return self.shift + m, (cov + cov.T) / 2
 
 
-class PatchPCA(nn.Module):
+class PatchPCA(PatchTokenizer):
     """A fitted patch-wise PCA basis.
 
     Buffers (float32): ``components`` (D, D) with rows = eigenvectors in decreasing eigenvalue order,
@@ -104,24 +86,16 @@ class PatchPCA(nn.Module):
         num_images: int = 0,
         num_patches: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(patch_size, in_chans, norm_mean, norm_std, num_images, num_patches)
         dim = patch_size * patch_size * in_chans
         if components.shape != (dim, dim) or eigenvalues.shape != (dim,) or mean.shape != (dim,):
             raise ValueError(
                 f"expected components ({dim}, {dim}), eigenvalues ({dim},), mean ({dim},) for patch {patch_size} "
                 f"and {in_chans} channels, got {tuple(components.shape)}, {tuple(eigenvalues.shape)}, {tuple(mean.shape)}"
             )
-        if len(norm_mean) != in_chans or len(norm_std) != in_chans:
-            raise ValueError(f"norm_mean/norm_std need {in_chans} values, got {list(norm_mean)} / {list(norm_std)}")
         self.register_buffer("components", components.float().contiguous())
         self.register_buffer("eigenvalues", eigenvalues.float().contiguous())
         self.register_buffer("mean", mean.float().contiguous())
-        self.patch_size = int(patch_size)
-        self.in_chans = int(in_chans)
-        self.norm_mean = tuple(float(v) for v in norm_mean)
-        self.norm_std = tuple(float(v) for v in norm_std)
-        self.num_images = int(num_images)
-        self.num_patches = int(num_patches)
 
     # ------------------------------------------------------------------ construction
     @property
@@ -204,10 +178,6 @@ class PatchPCA(nn.Module):
             raise ValueError(f"latent dimension d must be in [1, {self.dim}], got {d}")
         return d
 
-    def _patches(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_chans, self.patch_size, check_finite=False)
-        return patchify(x.float(), self.patch_size)  # (B, N, D) float32
-
     def encode(self, x: torch.Tensor, d: int, whiten: bool = False) -> torch.Tensor:
         """Images (B, C, H, W) -> top-d latents (B, N, d); whitened latents have unit variance."""
         self._check_d(d)
@@ -264,11 +234,10 @@ class PatchPCA(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "PatchPCA":
         """Read an artifact written by :meth:`save` (no pickle involved)."""
-        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path}: not a patch-PCA artifact (expected format {FORMAT!r}, got {meta.get('format')!r})")
-            tensors = {k: f.get_tensor(k) for k in ("components", "eigenvalues", "mean")}
+        tensors, meta = cls.read_artifact(path, map_location)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a patch-PCA artifact (expected format {FORMAT!r}, got {meta.get('format')!r})")
+        tensors = {k: tensors[k] for k in ("components", "eigenvalues", "mean")}
         return cls(
             **tensors,
             patch_size=int(meta["patch_size"]),
@@ -278,12 +247,6 @@ class PatchPCA(nn.Module):
             num_images=int(meta["num_images"]),
             num_patches=int(meta["num_patches"]),
         )
-
-    def check_compatible(
-        self, patch_size: int, in_chans: int, norm_mean: Sequence[float] | None = None, norm_std: Sequence[float] | None = None
-    ) -> None:
-        """Raise ``ValueError`` listing every way this tokenizer differs from what a model expects."""
-        check_tokenizer_compatible(self, patch_size, in_chans, norm_mean, norm_std)
 
     def extra_repr(self) -> str:
         return (
