@@ -36,6 +36,7 @@ from .weights import ARCH_PREFIX, EXPORT_CONFIG_KEY, EXPORT_TOKENIZER_FILE, Nois
 __all__ = ["get_args_parser", "main", "export_checkpoint", "model_card"]
 
 EXPORT_FORMAT = "ldae.export.v1"
+EXPORT_DENOISER_FILE = "denoiser.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Largest |difference| of pooled features, export vs. checkpoint encoder, accepted by the self-check.
 _CHECK_TOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
@@ -59,6 +60,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--tag", default="custom", help="pretrained tag, e.g. the data set: <arch>.<tag> (default: custom)")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="export the raw weights, not the EMA weights")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage dtype of model.safetensors")
+    parser.add_argument("--denoiser", nargs="?", const="float16", default=None, choices=sorted(DTYPES), metavar="DTYPE",
+                        help="also write the whole pretraining model (encoder + decoder) as denoiser.safetensors "
+                             "(parameters in DTYPE, float16 if omitted), for denoising figures and continued pretraining")
     parser.add_argument("--data", default=None, help="pretraining data, for the model card (default: from the checkpoint's args)")
     parser.add_argument("--recipe", default=None, help="the command that pretrained the checkpoint, for the model card")
     parser.add_argument("--metric", action="append", default=[], metavar="NAME=VALUE", help="a result to record (repeatable)")
@@ -280,6 +284,10 @@ def export_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
                                                   "step": info["step"], "ema": info["ema"]},
         }
         save_for_hf(vit, tmp, model_config={EXPORT_CONFIG_KEY: section}, model_args=overrides or None, safe_serialization=True)
+        if args.denoiser:  # the full model, not just the encoder: what `ldae demo` / `figures denoise` need
+            from .sources import save_denoiser
+
+            save_denoiser(model, pre_args, tmp / EXPORT_DENOISER_FILE, dtype=DTYPES[args.denoiser])
         (tmp / "README.md").write_text(model_card(info))
         info["check_max_abs_diff"] = _self_check(model, tmp, t, args.dtype)
         info["manifest_entry"] = None
@@ -321,6 +329,10 @@ def _manifest_entry(info: dict[str, Any], folder: Path, tok: PatchPCA | None) ->
         "recipe": info["recipe"], "device": info["device"], "minutes": info["minutes"], "metrics": info["metrics"],
         "license": info["license"], "description": f"l-DAE encoder at t={info['noise']['t']}, pretrained on {info['data']}",
     }
+    denoiser = folder / EXPORT_DENOISER_FILE
+    if denoiser.is_file():
+        entry["denoiser"] = {"file": f"{info['name']}.denoiser.safetensors", "sha256": sha256_file(denoiser),
+                             "bytes": denoiser.stat().st_size}
     fragment: dict[str, Any] = {"weights": {info["name"]: entry}, "tokenizers": {}}
     if tok is not None:
         shipped = _shipped_tokenizer_name(tok)

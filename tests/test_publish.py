@@ -186,3 +186,18 @@ def test_push_uploads_the_whole_folder_once(exported, tmp_path, monkeypatch):
     export(tmp_path, exported[1].parent / "checkpoint.pth", "--tag", "demo", "--repo-id", "org/name", "--push", "--private")
     assert calls[1:] == [("create_repo", "org/name", True),
                          ("upload_folder", "org/name", ["README.md", "config.json", "manifest_entry.json", "model.safetensors", "tokenizer.safetensors"])]
+
+
+def test_denoiser_export_rebuilds_the_whole_model(tmp_path):
+    from ldae.sources import load_denoiser_file
+
+    model = make_checkpoint(tmp_path / "checkpoint.pth", seed=3)
+    out = export(tmp_path, tmp_path / "checkpoint.pth", "--tag", "dn", "--denoiser")
+    entry = json.loads((out / "manifest_entry.json").read_text())["weights"][f"{ARCH}.dn"]
+    assert entry["denoiser"]["file"] == f"{ARCH}.dn.denoiser.safetensors"
+    assert entry["denoiser"]["sha256"] == ldae.io.sha256_file(out / "denoiser.safetensors")
+    back = load_denoiser_file(out / "denoiser.safetensors")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():  # float16 storage of the parameters; buffers (PCA basis, pos_embed) stay exact
+        torch.testing.assert_close(back.denoise(x, 300), model.denoise(x, 300), atol=2e-3, rtol=0)
+    assert torch.equal(back.tokenizer.components, model.tokenizer.components)
