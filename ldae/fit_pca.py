@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader, Subset
 
 from .io import sha256_file
 from .progress import progress
-from .tokenizer import DIT_NORM, IMAGENET_NORM, PatchPCA
+from .patch_tokenizer import NORMS
+from .tokenizer import PatchPCA
 
 __all__ = ["NORMS", "get_args_parser", "main", "fit_command", "fit_from_args"]
 
 # name -> (mean, std) of the pixel normalisation applied before patches are cut.
-NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {"dit": DIT_NORM, "imagenet": IMAGENET_NORM}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -37,9 +37,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .checks import check_images
 from .io import save_safetensors
-from .patch_tokenizer import DIT_NORM, PatchTokenizer, patchify, unpatchify
+from .patch_tokenizer import DIT_NORM, PatchTokenizer, sample_image_patches
 
 __all__ = ["PatchAE", "PatchVAE", "gaussian_kl", "sample_patches"]
 
@@ -62,32 +61,14 @@ def sample_patches(
 ) -> tuple[torch.Tensor, int]:
     """(patches (M, D) float32, number of images used) from normalised image batches (B, C, H, W).
 
-    Sampling matches :meth:`PatchPCA.fit`: each image's patch grid is shifted by a random offset in
-    [0, p) where the image leaves room, then ``patches_per_image`` grid cells are drawn without
-    replacement (all when None). Collection stops after ``max_patches`` patches (shuffle the stream).
+    Patches are drawn by :func:`ldae.patch_tokenizer.sample_image_patches`, as for
+    :meth:`PatchPCA.fit`; collection stops after ``max_patches`` patches (shuffle the stream).
     """
     gen = torch.Generator().manual_seed(seed)
     picked: list[torch.Tensor] = []
     total = num_images = 0
-    for batch in batches:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        check_images(x, in_chans, 1, name="fit batch")
-        if device is not None:
-            x = x.to(device)
-        h, w = x.shape[-2:]
-        if h < patch_size or w < patch_size:
-            raise ValueError(f"fit batch: images of {h}x{w} are smaller than the patch size {patch_size}")
-        for img in x:
-            oy = ox = 0
-            if random_offset:
-                oy = int(torch.randint(0, h % patch_size + 1, (1,), generator=gen))
-                ox = int(torch.randint(0, w % patch_size + 1, (1,), generator=gen))
-            gh, gw = (h - oy) // patch_size, (w - ox) // patch_size
-            crop = img[None, :, oy : oy + gh * patch_size, ox : ox + gw * patch_size]
-            patches = patchify(crop.float(), patch_size)[0]  # (N, D)
-            if patches_per_image is not None and patches_per_image < patches.shape[0]:
-                keep = torch.randperm(patches.shape[0], generator=gen)[:patches_per_image]
-                patches = patches[keep.to(patches.device)]
+    for per_image in sample_image_patches(batches, patch_size, in_chans, patches_per_image, random_offset, gen, device):
+        for patches in per_image:
             if max_patches is not None:
                 patches = patches[: max_patches - total]
             picked.append(patches)
@@ -173,19 +154,12 @@ class PatchAE(PatchTokenizer):
     def encode(self, x: torch.Tensor, d: int, whiten: bool = False) -> torch.Tensor:
         """Images (B, C, H, W) -> latents (B, N, d) (the posterior mean for a VAE)."""
         self._check_d(d)
-        z = (self._patches(x) - self.mean) @ self.encoder.T  # (B, N, d)
-        if whiten:
-            z = z / self.latent_std(d)
-        return z.to(x.dtype)
+        return self._linear_encode(x, self.encoder, whiten)
 
     def decode(self, z: torch.Tensor, hw: tuple[int, int], whiten: bool = False) -> torch.Tensor:
         """Latents (B, N, d) -> images (B, C, H, W) through the linear decoder U^T (mean restored)."""
-        d = self._check_d(z.shape[-1])
-        zf = z.float()
-        if whiten:
-            zf = zf * self.latent_std(d)
-        patches = zf @ self.decoder + self.mean  # (B, N, D)
-        return unpatchify(patches, self.patch_size, hw).to(z.dtype)
+        self._check_d(z.shape[-1])
+        return self._linear_decode(z, self.decoder, hw, whiten)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """decode(encode(x)): images (B, C, H, W) -> their reconstruction (B, C, H, W)."""

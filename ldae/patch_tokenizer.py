@@ -10,7 +10,7 @@ and the safetensors reading, so each tokenizer's own file holds only its own mat
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,12 +19,14 @@ from safetensors import safe_open
 
 from .checks import check_images, check_tokenizer_compatible
 
-__all__ = ["PatchTokenizer", "patchify", "unpatchify", "DIT_NORM", "IMAGENET_NORM"]
+__all__ = ["PatchTokenizer", "patchify", "unpatchify", "sample_image_patches", "DIT_NORM", "IMAGENET_NORM", "NORMS"]
 
 # DiT's pixel range [-1, 1]: the paper builds on DiT, so this is the default normalisation.
 DIT_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 # MAE's per-channel ImageNet statistics, the alternative.
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# The pixel normalisations by their flag name (``--norm``).
+NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {"dit": DIT_NORM, "imagenet": IMAGENET_NORM}
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -35,6 +37,48 @@ def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
 def unpatchify(patches: torch.Tensor, patch_size: int, hw: tuple[int, int]) -> torch.Tensor:
     """(B, N, D) -> (B, C, H, W); the exact inverse of :func:`patchify`."""
     return F.fold(patches.transpose(1, 2), output_size=hw, kernel_size=patch_size, stride=patch_size)
+
+
+@torch.no_grad()
+def sample_image_patches(
+    batches: Iterable[torch.Tensor | tuple | list],
+    patch_size: int,
+    in_chans: int,
+    patches_per_image: int | None = None,
+    random_offset: bool = True,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Iterator[list[torch.Tensor]]:
+    """Per batch of normalised images (B, C, H, W) (or (batch, label) pairs), the sampled patches of each
+    image: a list of B float32 tensors (N_i, D).
+
+    Each image's non-overlapping patch grid is shifted by a random offset in [0, p) where the image
+    leaves room (``random_offset``), then ``patches_per_image`` grid cells are drawn without
+    replacement (all of them when None). Every tokenizer fit samples through here, so PCA, AE and VAE
+    see the same patches for the same seed.
+    """
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        check_images(x, in_chans, 1, name="fit batch")
+        if device is not None:
+            x = x.to(device)
+        h, w = x.shape[-2:]
+        if h < patch_size or w < patch_size:
+            raise ValueError(f"fit batch: images of {h}x{w} are smaller than the patch size {patch_size}")
+        picked = []
+        for img in x:
+            oy = ox = 0
+            if random_offset:
+                oy = int(torch.randint(0, h % patch_size + 1, (1,), generator=generator))
+                ox = int(torch.randint(0, w % patch_size + 1, (1,), generator=generator))
+            gh, gw = (h - oy) // patch_size, (w - ox) // patch_size
+            crop = img[None, :, oy : oy + gh * patch_size, ox : ox + gw * patch_size]
+            patches = patchify(crop.float(), patch_size)[0]  # (N, D)
+            if patches_per_image is not None and patches_per_image < patches.shape[0]:
+                keep = torch.randperm(patches.shape[0], generator=generator)[:patches_per_image]
+                patches = patches[keep.to(patches.device)]
+            picked.append(patches)
+        yield picked
 
 
 class PatchTokenizer(nn.Module):
@@ -64,6 +108,21 @@ class PatchTokenizer(nn.Module):
         """Checked images (B, C, H, W) -> float32 patches (B, N, D)."""
         check_images(x, self.in_chans, self.patch_size, check_finite=False)
         return patchify(x.float(), self.patch_size)
+
+    # Linear tokenizers (PCA, AE, VAE) have a ``mean`` patch and ``latent_std``; these are their maps.
+    def _linear_encode(self, x: torch.Tensor, weight: torch.Tensor, whiten: bool) -> torch.Tensor:
+        """Images (B, C, H, W) -> latents (B, N, d) = (patches - mean) @ weight.T, divided by latent_std if whitened."""
+        z = (self._patches(x) - self.mean) @ weight.T  # (B, N, d)
+        if whiten:
+            z = z / self.latent_std(weight.shape[0])
+        return z.to(x.dtype)
+
+    def _linear_decode(self, z: torch.Tensor, weight: torch.Tensor, hw: tuple[int, int], whiten: bool) -> torch.Tensor:
+        """Latents (B, N, d) -> images (B, C, H, W) = unpatchify(z @ weight + mean), z scaled back if whitened."""
+        zf = z.float()
+        if whiten:
+            zf = zf * self.latent_std(weight.shape[0])
+        return unpatchify(zf @ weight + self.mean, self.patch_size, hw).to(z.dtype)
 
     def check_compatible(
         self, patch_size: int, in_chans: int, norm_mean: Sequence[float] | None = None, norm_std: Sequence[float] | None = None

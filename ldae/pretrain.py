@@ -36,12 +36,12 @@ from .model import LDAE
 from .recipe import git_commit
 from .pretrain_data import GPUResidentData, LoaderData, PretrainData, ShardData, check_min_image_size
 from .size_spec import parse_model_spec
-from .tokenizer import DIT_NORM, IMAGENET_NORM, PatchPCA
+from .patch_tokenizer import NORMS
+from .tokenizer import PatchPCA
 from .tokenizers import Tokenizer, load_tokenizer, tokenizer_from_state_dict
 
 __all__ = ["get_args_parser", "main", "check_args", "resolve_batch", "NORMS", "LAST", "checkpoint_name"]
 
-NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {"dit": DIT_NORM, "imagenet": IMAGENET_NORM}
 LAST = "checkpoint-last.pth"
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 EXIT_NONFINITE = 3

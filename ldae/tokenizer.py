@@ -13,9 +13,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .checks import check_images
 from .io import save_safetensors
-from .patch_tokenizer import DIT_NORM, IMAGENET_NORM, PatchTokenizer, patchify, unpatchify
+from .patch_tokenizer import DIT_NORM, IMAGENET_NORM, PatchTokenizer, patchify, sample_image_patches, unpatchify
 
 __all__ = ["PatchPCA", "PatchCovariance", "patchify", "unpatchify", "DIT_NORM", "IMAGENET_NORM"]
 
@@ -138,32 +137,12 @@ class PatchPCA(PatchTokenizer):
         acc: PatchCovariance | None = None
         in_chans = len(norm_mean)
         num_images = 0
-        for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            check_images(x, in_chans, 1, name="fit batch")
-            if device is not None:
-                x = x.to(device)
-            h, w = x.shape[-2:]
-            if h < patch_size or w < patch_size:
-                raise ValueError(f"fit batch: images of {h}x{w} are smaller than the patch size {patch_size}")
-            picked = []
-            for img in x:
-                oy = ox = 0
-                if random_offset:
-                    oy = int(torch.randint(0, h % patch_size + 1, (1,), generator=gen))
-                    ox = int(torch.randint(0, w % patch_size + 1, (1,), generator=gen))
-                gh, gw = (h - oy) // patch_size, (w - ox) // patch_size
-                crop = img[None, :, oy : oy + gh * patch_size, ox : ox + gw * patch_size]
-                patches = patchify(crop.float(), patch_size)[0]  # (N, D)
-                if patches_per_image is not None and patches_per_image < patches.shape[0]:
-                    keep = torch.randperm(patches.shape[0], generator=gen)[:patches_per_image]
-                    patches = patches[keep.to(patches.device)]
-                picked.append(patches)
-            patches = torch.cat(picked)  # (M, D): one float64 update per batch, not per image
+        for per_image in sample_image_patches(batches, patch_size, in_chans, patches_per_image, random_offset, gen, device):
+            patches = torch.cat(per_image)  # (M, D): one float64 update per batch, not per image
             if acc is None:
                 acc = PatchCovariance(patches.shape[1], device=patches.device)
             acc.update(patches)
-            num_images += x.shape[0]
+            num_images += len(per_image)
         if acc is None:
             raise ValueError("fit: no images were given")
         mean, cov = acc.mean_cov()
@@ -181,19 +160,12 @@ class PatchPCA(PatchTokenizer):
     def encode(self, x: torch.Tensor, d: int, whiten: bool = False) -> torch.Tensor:
         """Images (B, C, H, W) -> top-d latents (B, N, d); whitened latents have unit variance."""
         self._check_d(d)
-        z = (self._patches(x) - self.mean) @ self.components[:d].T  # (B, N, d)
-        if whiten:
-            z = z / self.latent_std(d)
-        return z.to(x.dtype)
+        return self._linear_encode(x, self.components[:d], whiten)
 
     def decode(self, z: torch.Tensor, hw: tuple[int, int], whiten: bool = False) -> torch.Tensor:
         """Latents (B, N, d) -> images (B, C, H, W) by inverse PCA (mean restored)."""
         d = self._check_d(z.shape[-1])
-        zf = z.float()
-        if whiten:
-            zf = zf * self.latent_std(d)
-        patches = zf @ self.components[:d] + self.mean  # (B, N, D)
-        return unpatchify(patches, self.patch_size, hw).to(z.dtype)
+        return self._linear_decode(z, self.components[:d], hw, whiten)
 
     def project(self, x: torch.Tensor, d: int) -> torch.Tensor:
         """Orthogonal projection of images (B, C, H, W) onto mean + span(top-d components)."""
