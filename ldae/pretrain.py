@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from . import dist
+from .amp import PRECISIONS, device_name, resolve_attention, resolve_precision, set_fused_attention
 from .builder import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, add_model_args, build_model_from_args
 from .checks import check_images
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -43,7 +44,6 @@ from .tokenizers import Tokenizer, load_tokenizer, tokenizer_from_state_dict
 __all__ = ["get_args_parser", "main", "check_args", "resolve_batch", "NORMS", "LAST", "checkpoint_name"]
 
 LAST = "checkpoint-last.pth"
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 EXIT_NONFINITE = 3
 
 _EPILOG = """\
@@ -111,7 +111,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("speed")
     g.add_argument("--device", default=None, choices=("cuda", "cpu"), help="default: cuda when available")
-    g.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS), help="autocast dtype (auto: bf16 on GPUs, fp32 on CPUs)")
+    g.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS), help="autocast dtype (auto: bf16 on GPUs and "
+                   "on CPUs with AMX or AVX512-BF16, else fp32)")
+    g.add_argument("--attention", default="auto", choices=("auto", "sdpa", "math"), help="attention kernel (auto: SDPA on GPUs, "
+                   "explicit matmuls on CPUs, where SDPA's bf16 backward is slower); same function either way")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads of this process (default: torch's, one per core); "
+                   "use 1 when another job shares the cores")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in the backward pass (less memory)")
@@ -181,6 +186,8 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
     on_cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     if args.precision == "fp16" and on_cpu:
         raise ValueError("--precision fp16 needs a GPU (use bf16 or fp32 on CPUs)")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if not 0.0 <= args.ema_decay < 1.0:
         raise ValueError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
 
@@ -292,6 +299,8 @@ def main(args: argparse.Namespace) -> int:
     if args.data is not None:
         check_min_image_size(args.data, _split(args), size.patch_size)
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     env = dist.init_distributed(args.device)
     out = Path(args.output_dir)
     if env.is_main:
@@ -354,7 +363,9 @@ def _run(args: argparse.Namespace, env: dist.DistEnv, size: Any, batch: int, acc
     optimizer = timm.optim.create_optimizer_v2(
         model, "adamw", lr=base_lr, weight_decay=args.weight_decay, betas=tuple(args.betas), **({"fused": True} if cuda else {})
     )
-    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+    precision = resolve_precision(args.precision, env.device)
+    attention = resolve_attention(args.attention, env.device)
+    set_fused_attention([model], attention)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     ema = ModelEmaV3(model, decay=args.ema_decay) if args.ema_decay > 0 else None
     state = TrainState(model, optimizer, scaler, ema)
@@ -394,8 +405,10 @@ def _run(args: argparse.Namespace, env: dist.DistEnv, size: Any, batch: int, acc
         steps_per_epoch=spe, total_steps=total_steps, warmup_steps=cfg.warmup_steps, params=params,
         train_gflops_per_image=flops / 1e9, peak_tflops=peak / 1e12 if peak else None, precision=precision,
         sdpa_attention=all(getattr(b.attn, "fused_attn", False) for b in model.blocks),  # timm's F.scaled_dot_product_attention path
+        attention=attention, threads=torch.get_num_threads(),
     ))
-    log.info(f"l-DAE {args.model}: {params / 1e6:.1f}M params, d={model.d}, {precision}, compile={args.compile}; "
+    log.info(f"l-DAE {args.model}: {params / 1e6:.1f}M params, d={model.d}, {precision}, {attention} attention, "
+             f"{torch.get_num_threads()} threads, compile={args.compile}; "
              f"{env.world_size} x {env.device.type} x batch {batch} x accum {accum} = {global_batch} per step, lr {base_lr:.3g}; "
              f"{spe} steps/epoch, {total_steps} steps, warmup {cfg.warmup_steps}; {flops / 1e9:.3g} GFLOP per image and step")
 
@@ -456,7 +469,7 @@ def _write_run_info(args: argparse.Namespace, env: dist.DistEnv, out: Path, info
 
     record = {"command": shlex.join(sys.argv), "args": _jsonable_args(args), **info, "commit": git_commit(),
               "torch": torch.__version__, "timm": timm.__version__,
-              "device": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"}
+              "device": device_name(env.device)}
     with atomic_path(out / "run.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
 
