@@ -33,6 +33,7 @@ from ldae.configs import SIZES
 from ldae.data import build_transform
 from ldae.model import LDAE
 from ldae.samples import find_images
+from ldae.size_spec import format_model_spec
 from ldae.sources import load_denoiser, released_tags
 from ldae.warm_start import init_encoder_from_vit
 from ldae.weights import ARCH_PREFIX, get_noise_config, get_tokenizer
@@ -119,9 +120,11 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _args_of(model: LDAE) -> dict:
-    """The model flags that rebuild ``model`` (see ldae.builder.MODEL_ARG_NAMES)."""
-    size = next(name for name, s in SIZES.items() if dataclasses.replace(s, enc_depth=model.enc_depth,
-                                                                          dec_depth=s.depth - model.enc_depth) == model.size)
+    """The model flags that rebuild ``model`` (see ldae.builder.MODEL_ARG_NAMES): a registered size (with
+    its encoder split) keeps its name, any other size is written as its inline ``custom:`` spec."""
+    size = next((name for name, s in SIZES.items() if dataclasses.replace(s, enc_depth=model.enc_depth,
+                                                                          dec_depth=s.depth - model.enc_depth) == model.size),
+                format_model_spec(model.size))
     return dict(model=size, d=model.d, whiten=model.noise.whiten, noise_space=model.noise.space,
                 schedule=model.schedule.name, tail_weight=model.tail_weight, enc_depth=model.enc_depth,
                 cond_ratio=model.cond_dim / model.size.embed_dim, num_levels=model.schedule.num_levels)

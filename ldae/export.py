@@ -24,7 +24,7 @@ from timm.models.vision_transformer import VisionTransformer
 from .configs import ModelSize
 from .model import LDAE
 
-__all__ = ["vit_kwargs", "export_encoder_state_dict", "export_to_timm"]
+__all__ = ["vit_kwargs", "export_encoder_state_dict", "export_to_timm", "timm_arch"]
 
 
 def vit_kwargs(size: ModelSize) -> dict[str, Any]:
@@ -83,23 +83,34 @@ def export_to_timm(model: LDAE, t: int | None = None, **vit_overrides: Any) -> V
 
     ``t`` defaults to the schedule's evaluation level (t = 10 of 1000; the single level for a
     single-level schedule). ``vit_overrides`` go to the constructor (e.g. ``dynamic_img_size=True``).
-    A model of a registered size is built through timm's registry (``ldae_vit_<size>``), so it carries
-    a full pretrained cfg (preprocessing for ``resolve_model_data_config``; ``save_for_hf`` works);
-    its mean/std are the tokenizer's normalisation.
+    Every model is built through timm's registry, so it carries a full pretrained cfg (preprocessing
+    for ``resolve_model_data_config``; ``save_for_hf`` works): a registered size as ``ldae_vit_<size>``,
+    any other shape (a ``custom:`` size, another encoder split) as ``ldae_vit_custom`` with its shape
+    as model args. The cfg's mean/std are the tokenizer's normalisation.
     """
     import timm
 
+    t = model.schedule.eval_t if t is None else int(t)
+    arch, shape = timm_arch(model.size)
+    vit = timm.create_model(arch, pretrained=False, **{**shape, **vit_overrides})
+    tok = model.tokenizer
+    if tok is not None and hasattr(tok, "norm_mean"):
+        vit.pretrained_cfg = {**vit.pretrained_cfg, "mean": tuple(tok.norm_mean), "std": tuple(tok.norm_std)}
+    vit.load_state_dict(export_encoder_state_dict(model, t), strict=True)
+    return vit.eval()
+
+
+def timm_arch(size: ModelSize) -> tuple[str, dict[str, Any]]:
+    """(registered architecture, shape model args) whose ViT is the encoder of ``size``.
+
+    A registered size whose encoder matches gives its own name and no args; any other shape gives
+    ``ldae_vit_custom`` and the args that rebuild it (recorded in an export's config.json).
+    """
     from . import zoo  # registers the architectures (imported here: the zoo itself imports this module)
     from .configs import SIZES
 
-    t = model.schedule.eval_t if t is None else int(t)
-    arch = next((zoo.ARCH_PREFIX + name for name, size in SIZES.items() if size == model.size), None)
-    if arch is not None:
-        vit = timm.create_model(arch, pretrained=False, **vit_overrides)
-        tok = model.tokenizer
-        if tok is not None and hasattr(tok, "norm_mean"):
-            vit.pretrained_cfg = {**vit.pretrained_cfg, "mean": tuple(tok.norm_mean), "std": tuple(tok.norm_std)}
-    else:  # a custom size or encoder split: a plain VisionTransformer without a registry cfg
-        vit = VisionTransformer(**{**vit_kwargs(model.size), **vit_overrides})
-    vit.load_state_dict(export_encoder_state_dict(model, t), strict=True)
-    return vit.eval()
+    enc = vit_kwargs(size)
+    for name, s in SIZES.items():
+        if vit_kwargs(s) == enc:
+            return zoo.ARCH_PREFIX + name, {}
+    return zoo.CUSTOM_ARCH, zoo.custom_vit_args(size)

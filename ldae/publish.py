@@ -27,7 +27,7 @@ import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .configs import SIZES
-from .export import export_encoder_state_dict
+from .export import timm_arch, export_encoder_state_dict
 from .io import sha256_file
 from .model import LDAE
 from .tokenizer import DIT_NORM, PatchPCA
@@ -92,15 +92,16 @@ def _parse_metrics(items: list[str]) -> dict[str, float]:
 
 
 def _arch_and_overrides(model: LDAE, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The registered architecture of the checkpoint and the ViT kwargs that differ from it (enc_depth)."""
+    """The registered architecture of the checkpoint's encoder and the model args that rebuild it.
+
+    A registered size exports as itself; another encoder split of it as the same architecture with
+    ``depth``; a ``custom:`` size as ``ldae_vit_custom`` with its whole shape (:func:`ldae.export.timm_arch`).
+    """
     name = args.get("model")
-    if name not in SIZES:
-        raise ValueError(
-            f"the checkpoint's model size {name!r} is not a registered ldae_vit_* size {sorted(SIZES)}; "
-            "export it with ldae.export.export_to_timm instead"
-        )
-    overrides = {"depth": model.enc_depth} if model.enc_depth != SIZES[name].enc_depth else {}
-    return ARCH_PREFIX + name, overrides
+    if name in SIZES and model.size.embed_dim == SIZES[name].embed_dim:
+        overrides = {"depth": model.enc_depth} if model.enc_depth != SIZES[name].enc_depth else {}
+        return ARCH_PREFIX + name, overrides
+    return timm_arch(model.size)
 
 
 def _norm(model: LDAE, args: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -367,7 +368,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"self-check: max |features - checkpoint encoder| = {info['check_max_abs_diff']:.3g}")
     print(f"load it with: import ldae, timm; timm.create_model('local-dir:{out}', pretrained=True)")
     if info["manifest_entry"] is None:
-        print("not a registered size (custom encoder depth): load it through local-dir: or hf-hub:, weights/ cannot release it")
+        print("not a registered size (custom size or encoder depth): load it through local-dir: or hf-hub:; weights/ releases registered sizes only")
         return 0
     copies = [f"{out / 'model.safetensors'} -> weights/{info['name']}.safetensors"]
     copies += [f"{out / 'tokenizer.safetensors'} -> weights/{e['file']}" for e in info["manifest_entry"]["tokenizers"].values()]

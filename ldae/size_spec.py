@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .configs import SIZES, ModelSize
 
-__all__ = ["parse_model_spec", "model_spec_arg", "CUSTOM_PREFIX"]
+__all__ = ["parse_model_spec", "model_spec_arg", "format_model_spec", "CUSTOM_PREFIX"]
 
 CUSTOM_PREFIX = "custom:"
 _KEYS = {"img": "img_size", "patch": "patch_size", "dim": "embed_dim", "enc": "enc_depth", "dec": "dec_depth",
@@ -60,3 +60,13 @@ def model_spec_arg(spec: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
     return spec
+
+
+def format_model_spec(size: ModelSize) -> str:
+    """The ``--model`` value of ``size``: its name when it is a registered size, else its inline ``custom:`` spec."""
+    for name, s in SIZES.items():
+        if s == size:
+            return name
+    mlp = "" if size.mlp_ratio == 4.0 else f",mlp={size.mlp_ratio:g}"
+    return (f"{CUSTOM_PREFIX}img={size.img_size},patch={size.patch_size},dim={size.embed_dim},enc={size.enc_depth},"
+            f"dec={size.dec_depth},heads={size.num_heads},d={size.default_d}{mlp}")

@@ -45,6 +45,10 @@ __all__ = [
 MANIFEST_FORMAT = "ldae.weights.v1"
 WEIGHTS_DIR_ENV = "LDAE_WEIGHTS_DIR"
 ARCH_PREFIX = "ldae_vit_"
+# Encoders of any other shape (custom sizes) register as this architecture, the shape in model args;
+# without shape args it builds CUSTOM_DEFAULT_SIZE. Weights of such shapes live in export folders.
+CUSTOM_ARCH = ARCH_PREFIX + "custom"
+CUSTOM_DEFAULT_SIZE = "micro_patch4_32"
 UNTRAINED_TAG = "untrained"
 MAX_FILE_BYTES = 25 * 2**20  # repository policy: per shipped file ...
 MAX_DIR_BYTES = 60 * 2**20  # ... and for the whole weights/ folder
@@ -268,6 +272,8 @@ def verify_file(path: str | os.PathLike, sha256: str, nbytes: int, what: str) ->
 def split_name(name: str) -> tuple[str, str | None]:
     """``'ldae_vit_base.tag'`` -> (``'ldae_vit_base'``, ``'tag'``); raises for names that are not l-DAE models."""
     arch, _, tag = name.partition(".")
+    if arch == CUSTOM_ARCH:
+        return arch, (tag or None)
     if not arch.startswith(ARCH_PREFIX) or arch[len(ARCH_PREFIX):] not in SIZES:
         raise ValueError(
             f"unknown l-DAE model {name!r}; expected one of {[ARCH_PREFIX + s for s in SIZES]} "
@@ -338,6 +344,9 @@ def get_tokenizer(name: str) -> PatchPCA:
             raise ValueError(f"{name} was pretrained with pixel-space noise and has no tokenizer")
         return PatchPCA.load(path)
     arch, tag = split_name(name)
+    if arch == CUSTOM_ARCH:
+        raise ValueError(f"{name} has no tokenizer of its own: an export folder of a custom size carries it "
+                         "(ldae.get_tokenizer('local-dir:<folder>')), or fit one with `ldae fit-pca`")
     manifest = load_manifest()
     entry: TokenizerEntry | None
     if tag is not None and tag != UNTRAINED_TAG:
@@ -368,7 +377,7 @@ def get_noise_config(name: str) -> NoiseConfig:
     else:
         arch, tag = split_name(name)
         manifest = load_manifest()
-        size = SIZES[arch[len(ARCH_PREFIX):]]
+        size = SIZES[CUSTOM_DEFAULT_SIZE if arch == CUSTOM_ARCH else arch[len(ARCH_PREFIX):]]
         if tag is not None and tag != UNTRAINED_TAG:
             if name not in manifest.weights:
                 raise ValueError(f"unknown tag {name!r}; tags with weights: {sorted(manifest.weights) or 'none yet'}")

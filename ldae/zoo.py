@@ -20,21 +20,44 @@ from typing import Any
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from .configs import SIZES
+from .configs import SIZES, ModelSize
 from .export import vit_kwargs
 from .tokenizer import DIT_NORM
-from .weights import ARCH_PREFIX, UNTRAINED_TAG, Manifest, load_manifest, no_weights_message, verify_file
+from .weights import ARCH_PREFIX, CUSTOM_ARCH, CUSTOM_DEFAULT_SIZE, UNTRAINED_TAG, Manifest, load_manifest, no_weights_message, verify_file
 
-__all__: list[str] = ["pretrained_cfg_for", "ARCH_NAMES"]  # register_model appends the entrypoints
+__all__: list[str] = ["pretrained_cfg_for", "ARCH_NAMES", "CUSTOM_ARCH", "arch_size", "custom_vit_args"]  # + the entrypoints
 
 ARCH_NAMES: tuple[str, ...] = tuple(ARCH_PREFIX + s for s in SIZES)
+# Any other encoder shape (a `custom:` size) is ``ldae_vit_custom`` (CUSTOM_ARCH) with its shape as
+# model args, which export folders record in config.json.
+_SHAPE_ARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
 _PAPER = "Deconstructing Denoising Diffusion Models for Self-Supervised Learning"
 _SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id")  # an overlay with one of these brings its own weights
 
 
-def _cfg(arch: str, **kwargs: Any) -> dict[str, Any]:
+def arch_size(arch: str, **shape: Any) -> ModelSize:
+    """The encoder size of a registered ``ldae_vit_*`` architecture; for ``ldae_vit_custom``, the size its
+    shape arguments (``embed_dim``, ``depth``, ...) give, the rest from :data:`CUSTOM_DEFAULT_SIZE`."""
+    if arch != CUSTOM_ARCH:
+        return SIZES[arch[len(ARCH_PREFIX):]]
+    base = SIZES[CUSTOM_DEFAULT_SIZE]
+    img = shape.get("img_size", base.img_size)
+    img = img if isinstance(img, int) else int(img[0])
+    depth = int(shape.get("depth", base.enc_depth))
+    return ModelSize(img, int(shape.get("patch_size", base.patch_size)), int(shape.get("embed_dim", base.embed_dim)), depth,
+                     depth, int(shape.get("num_heads", base.num_heads)), default_d=base.default_d,
+                     mlp_ratio=float(shape.get("mlp_ratio", base.mlp_ratio)), in_chans=int(shape.get("in_chans", base.in_chans)))
+
+
+def custom_vit_args(size: ModelSize) -> dict[str, Any]:
+    """The ``ldae_vit_custom`` model args of an encoder of ``size`` (JSON-serialisable; export config.json)."""
+    kw = vit_kwargs(size)
+    return {k: kw[k] for k in _SHAPE_ARGS}
+
+
+def _cfg(arch: str, size: ModelSize | None = None, **kwargs: Any) -> dict[str, Any]:
     """The pretrained cfg of ``arch`` without weights: input and preprocessing of l-DAE pretraining."""
-    size = SIZES[arch[len(ARCH_PREFIX):]]
+    size = size or arch_size(arch)
     return {
         "num_classes": 0,  # backbones: pooled features
         "input_size": (size.in_chans, size.img_size, size.img_size),
@@ -86,6 +109,7 @@ def _registry_cfgs(manifest: Manifest) -> dict[str, dict[str, Any]]:
             cfgs[f"{arch}.{tag}"] = pretrained_cfg_for(f"{arch}.{tag}", manifest)
         if not tags:
             cfgs[f"{arch}.{UNTRAINED_TAG}"] = _cfg(arch, tag=UNTRAINED_TAG)
+    cfgs[f"{CUSTOM_ARCH}.{UNTRAINED_TAG}"] = _cfg(CUSTOM_ARCH, tag=UNTRAINED_TAG)
     return cfgs
 
 
@@ -117,12 +141,15 @@ def _resolve_cfg(variant: str, pretrained: bool, pretrained_cfg: Any, overlay: d
 
 
 def _create_ldae_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    size = SIZES[variant[len(ARCH_PREFIX):]]
+    size = arch_size(variant, **kwargs)
     # img_size, in_chans and num_classes come from the pretrained cfg (timm fills them in), so an
     # export's cfg (e.g. a fine-tuned head) is honoured; explicit kwargs still win.
     model_args = {k: v for k, v in vit_kwargs(size).items() if k not in ("img_size", "in_chans", "num_classes")}
     out_indices = kwargs.pop("out_indices", 3)
-    kwargs["pretrained_cfg"] = _resolve_cfg(variant, pretrained, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    if variant == CUSTOM_ARCH:
+        kwargs["pretrained_cfg"] = _custom_cfg(size, pretrained, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    else:
+        kwargs["pretrained_cfg"] = _resolve_cfg(variant, pretrained, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
     return build_model_with_cfg(
         VisionTransformer,
         variant,
@@ -131,6 +158,21 @@ def _create_ldae_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> V
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **{**model_args, **kwargs},
     )
+
+
+def _custom_cfg(size: ModelSize, pretrained: bool, pretrained_cfg: Any, overlay: dict | None) -> Any:
+    """An export folder's cfg passes through; otherwise the untrained cfg at this shape's input size."""
+    if pretrained_cfg is not None and not isinstance(pretrained_cfg, str):
+        return pretrained_cfg
+    if pretrained and not any((overlay or {}).get(k) for k in _SOURCE_KEYS):
+        raise RuntimeError(no_weights_message(f"{CUSTOM_ARCH}.{UNTRAINED_TAG}"))
+    return _cfg(CUSTOM_ARCH, size, tag=UNTRAINED_TAG)
+
+
+@register_model
+def ldae_vit_custom(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """l-DAE encoder of any shape (``embed_dim``, ``depth``, ``num_heads``, ``patch_size``, ``img_size``); default 4 x 192, patch 4, 32 px."""
+    return _create_ldae_vit(CUSTOM_ARCH, pretrained, **kwargs)
 
 
 @register_model
@@ -149,6 +191,12 @@ def ldae_vit_half_large(pretrained: bool = False, **kwargs: Any) -> VisionTransf
 def ldae_vit_large(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """l-DAE ViT-L/16 encoder, 256 px: 24 blocks x 1024 (paper Tab. 4)."""
     return _create_ldae_vit("ldae_vit_large", pretrained, **kwargs)
+
+
+@register_model
+def ldae_vit_micro_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """l-DAE ViT-Ti/4 encoder with 4 blocks, 32 px (CIFAR scale, trains in minutes on a CPU): 4 blocks x 192."""
+    return _create_ldae_vit("ldae_vit_micro_patch4_32", pretrained, **kwargs)
 
 
 @register_model

@@ -30,7 +30,7 @@ PAPER_ENCODERS = {"ldae_vit_base": (12, 768, 12), "ldae_vit_half_large": (12, 10
 
 
 def size_of(arch: str):
-    return SIZES[arch.removeprefix("ldae_vit_")]
+    return ldae.zoo.arch_size(arch)  # ldae_vit_custom: its default shape
 
 
 def small(arch: str, depth: int = 2, **kw):
@@ -46,7 +46,7 @@ def images(arch: str, b: int = 2, grid: int = 4, seed: int = 0) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- registry
 def test_registered_names_are_the_sizes():
-    assert sorted(ARCHS) == sorted("ldae_vit_" + s for s in SIZES)
+    assert sorted(ARCHS) == sorted(["ldae_vit_custom", *("ldae_vit_" + s for s in SIZES)])
     assert set(ARCHS) >= {"ldae_vit_base", "ldae_vit_large", "ldae_vit_half_large", "ldae_vit_small_patch4_32"}
     assert all(timm.models.get_pretrained_cfg(a) is not None for a in ARCHS)
 
@@ -72,7 +72,12 @@ def test_pretrained_cfg_is_complete(arch):
     s = size_of(arch)
     assert cfg["tag"] == (W.load_manifest().tags(arch) or ["untrained"])[0]  # the first released tag is the default
     assert cfg["input_size"] == (3, s.img_size, s.img_size) and cfg["num_classes"] == 0
-    tok = ldae.get_tokenizer(f"{arch}.{cfg['tag']}")
+    if arch == "ldae_vit_custom":  # any shape: its tokenizer comes with an export folder
+        with pytest.raises(ValueError, match="has no tokenizer of its own: an export folder of a custom size carries it"):
+            ldae.get_tokenizer(arch)
+        tok = ldae.get_tokenizer("ldae_vit_micro_patch4_32")  # the default shape's
+    else:
+        tok = ldae.get_tokenizer(f"{arch}.{cfg['tag']}")
     assert (cfg["mean"], cfg["std"]) == (tok.norm_mean, tok.norm_std)
     assert (cfg["crop_pct"], cfg["interpolation"], cfg["first_conv"], cfg["classifier"]) == (1.0, "bicubic", "patch_embed.proj", "head")
     assert cfg["paper_ids"] == "arXiv:2401.14404" and cfg["license"] and cfg["description"]
@@ -413,7 +418,7 @@ def test_shipped_tokenizer_provenance_and_low_frequency_first():
     assert torch.dot(tok.components[0], dc).abs() > 0.9
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "ldae_vit_custom"])  # custom: tokenizer from its export
 def test_tokenizer_and_noise_transform_from_a_name(arch):
     tok = ldae.get_tokenizer(arch)
     s = size_of(arch)
