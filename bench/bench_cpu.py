@@ -51,7 +51,8 @@ from ldae.recipe import git_commit  # noqa: E402
 from ldae.size_spec import parse_model_spec  # noqa: E402
 from ldae.tokenizer import PatchPCA  # noqa: E402
 
-DEFAULT_SIZES = ("custom:img=32,patch=4,dim=128,enc=4,dec=4,heads=4,d=16", "micro_patch4_32",
+DEFAULT_SIZES = ("custom:img=32,patch=4,dim=64,enc=2,dec=2,heads=2,d=16", "custom:img=32,patch=4,dim=128,enc=4,dec=4,heads=4,d=16",
+                 "micro_patch4_32",
                  "custom:img=32,patch=4,dim=256,enc=4,dec=4,heads=4,d=16", "tiny_patch4_32")
 VARIANTS = ("ldae_fp32", "ldae_bf16", "ldae_bf16_sdpa", "timm_bf16", "timm_bf16_math")
 TARGETS = {"bf16_over_fp32": 1.5, "peak_fraction": 0.5, "ldae_over_timm": 1.0}

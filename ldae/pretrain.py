@@ -76,8 +76,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "'/data/in1k-{000000..001023}.tar', a folder of .tar files, or a list separated by commas")
     g.add_argument("--epoch-samples", type=int, default=None, help="images per epoch when streaming --data-shards (required there)")
     g.add_argument("--split", default="train", help="split folder of --data ('none': the data has class folders directly)")
-    g.add_argument("--gpu-data", action="store_true", help="decode --data once into uint8 on the training device and augment "
-                   "there (datasets that fit in GPU memory, e.g. CIFAR-10)")
+    g.add_argument("--gpu-data", "--in-memory", dest="gpu_data", action="store_true", help="decode --data once into uint8 "
+                   "on the training device (GPU memory, or RAM on a CPU) and augment there: no loader workers competing "
+                   "with the training step (datasets that fit, e.g. CIFAR-10)")
     g.add_argument("--norm", default=None, choices=sorted(NORMS), help="pixel normalisation: dit = [-1, 1], imagenet = MAE's "
                    "(default: the tokenizer's; dit when fitting one)")
     g.add_argument("--crop", default="center", choices=("center", "random_resized"), help="center crop (paper default) or "
@@ -444,6 +445,10 @@ def _run(args: argparse.Namespace, env: dist.DistEnv, size: Any, batch: int, acc
         if stopped:
             log.info(f"stopped after step {state.step} (--stop-at-step); continue with --resume auto")
             break
+    if state.step >= total_steps:
+        last = out / checkpoint_name(total_steps // spe)
+        log.info(f"done: {total_steps} steps; checkpoint {last}. next: ldae export {last} --out {out / 'export'} --denoiser  "
+                 f"|  ldae probe --mode cached --model {last} --data {args.data or '<images>'}")
     dist.barrier()
     return 0
 

@@ -37,6 +37,7 @@ __all__ = ["get_args_parser", "main", "export_checkpoint", "model_card"]
 
 EXPORT_FORMAT = "ldae.export.v1"
 EXPORT_DENOISER_FILE = "denoiser.safetensors"
+EXPORT_ONNX_FILE = "model.onnx"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Largest |difference| of pooled features, export vs. checkpoint encoder, accepted by the self-check.
 _CHECK_TOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
@@ -63,6 +64,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--denoiser", nargs="?", const="float16", default=None, choices=sorted(DTYPES), metavar="DTYPE",
                         help="also write the whole pretraining model (encoder + decoder) as denoiser.safetensors "
                              "(parameters in DTYPE, float16 if omitted), for denoising figures and continued pretraining")
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx (float32, dynamic batch axis; "
+                        "input 'images', output 'features')")
     parser.add_argument("--data", default=None, help="pretraining data, for the model card (default: from the checkpoint's args)")
     parser.add_argument("--recipe", default=None, help="the command that pretrained the checkpoint, for the model card")
     parser.add_argument("--metric", action="append", default=[], metavar="NAME=VALUE", help="a result to record (repeatable)")
@@ -285,11 +288,16 @@ def export_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
                                                   "step": info["step"], "ema": info["ema"]},
         }
         save_for_hf(vit, tmp, model_config={EXPORT_CONFIG_KEY: section}, model_args=overrides or None, safe_serialization=True)
+        _portable_config(tmp / "config.json")
         if args.denoiser:  # the full model, not just the encoder: what `ldae demo` / `figures denoise` need
             from .sources import save_denoiser
 
             save_denoiser(model, pre_args, tmp / EXPORT_DENOISER_FILE, dtype=DTYPES[args.denoiser])
         (tmp / "README.md").write_text(model_card(info))
+        if args.onnx:
+            from .onnx_export import export_onnx
+
+            export_onnx(timm.create_model(f"local-dir:{tmp}", pretrained=True).float(), tmp / EXPORT_ONNX_FILE)
         info["check_max_abs_diff"] = _self_check(model, tmp, t, args.dtype)
         info["manifest_entry"] = None
         if not overrides:  # weights/ releases the registered sizes (a manifest cfg cannot carry model args)
@@ -304,6 +312,24 @@ def export_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     if args.push:
         _push(out, args.repo_id, args.private, info["name"])
     return info
+
+
+def _portable_config(path: Path) -> None:
+    """Keep ``num_classes`` only at the top level of config.json.
+
+    timm >= 1.0.31 also writes it into ``model_args``; Hugging Face transformers' ``TimmWrapperModel``
+    passes ``num_classes=0`` itself and then fails with "got multiple values for keyword argument
+    'num_classes'". Every timm that loads ``local-dir:`` / ``hf-hub:`` reads the top-level value, so
+    dropping the copy keeps timm loading unchanged and lets transformers load the folder.
+    """
+    config = json.loads(path.read_text())
+    args = config.get("model_args")
+    if isinstance(args, dict) and "num_classes" in args:
+        if args.pop("num_classes") != config.get("num_classes"):
+            raise RuntimeError(f"{path}: model_args num_classes differs from the top-level num_classes")
+        if not args:
+            config.pop("model_args")
+        path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _self_check(model: LDAE, folder: Path, t: int, dtype: str) -> float:
@@ -364,7 +390,8 @@ def _push(folder: Path, repo_id: str, private: bool, name: str) -> None:
 def main(args: argparse.Namespace) -> int:
     info = export_checkpoint(args)
     out = Path(args.out)
-    print(f"exported {info['name']} ({info['params']:,} parameters, t = {info['noise']['t']}) to {out}")
+    print(f"exported {info['name']} ({info['params']:,} parameters, t = {info['noise']['t']}) to {out}"
+          + (f" (+ {EXPORT_ONNX_FILE})" if args.onnx else ""))
     print(f"self-check: max |features - checkpoint encoder| = {info['check_max_abs_diff']:.3g}")
     print(f"load it with: import ldae, timm; timm.create_model('local-dir:{out}', pretrained=True)")
     if info["manifest_entry"] is None:

@@ -12,7 +12,7 @@ import timm
 import torch
 
 import ldae
-from ldae import cli
+from ldae import amp, cli
 from ldae.checkpoint import load_checkpoint, model_from_checkpoint
 from ldae.export import export_to_timm, timm_arch
 from ldae.pretrain import LAST
@@ -45,6 +45,14 @@ def run(cifar_root, tmp_path_factory):
     ckpt = out / "run" / LAST
     assert cli.main(["export", str(ckpt), "--out", str(out / "export"), "--tag", "cifar10", "--denoiser"]) == 0
     return ckpt, out / "export"
+
+
+def test_run_record_says_what_ran(run):
+    ckpt, _ = run
+    rec = json.loads((ckpt.parent / "run.json").read_text())
+    # --precision auto: bf16 where the CPU computes it natively (AMX / AVX512-BF16), else fp32.
+    assert rec["precision"] == amp.resolve_precision("auto", torch.device("cpu"))
+    assert rec["attention"] == "math" and rec["threads"] == 1 and rec["device"] == amp.device_name(torch.device("cpu"))
 
 
 def test_spec_round_trip():
