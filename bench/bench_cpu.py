@@ -195,12 +195,26 @@ def _time_compile(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def readme_table(report: dict[str, Any]) -> str:
+    """The README's CPU table, rendered from a report (a test keeps the README equal to the committed JSON)."""
+    lines = ["| size | blocks x width | tokens | l-DAE bf16 img/s | bf16 / fp32 | math / SDPA attention | "
+             "l-DAE / timm ViT (SDPA) | l-DAE / timm ViT (same attention) | of bf16 matmul peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        q = r["ratios"]
+        lines.append(f"| `{r['size']}` | {r['depth']} x {r['embed_dim']} | {r['tokens_per_image']} | {r['img_per_s']['ldae_bf16']:.0f} | "
+                     f"{q['bf16_over_fp32']:.2f}x | {q['math_over_sdpa_attention']:.2f}x | {q['ldae_over_timm']:.2f}x | "
+                     f"{q['ldae_over_timm_math']:.2f}x | {100 * q['peak_fraction']:.0f}% |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     report = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    print(readme_table(report))
     print(f"wrote {out}")
     return 0
 

@@ -1,6 +1,6 @@
 """Continue l-DAE pretraining from released weights on your own images.
 
-    python examples/continue_pretraining.py my_photos/ --init ldae_vit_small_patch4_32.cifar10 --steps 500
+    python examples/continue_pretraining.py my_photos/ --init ldae_vit_micro_patch4_32.cifar10 --steps 500
     python examples/continue_pretraining.py my_photos/ --init runs/cifar/checkpoint.pth --steps 500
 
 ``--init`` names what to start from:

@@ -1,7 +1,7 @@
 """Features of an l-DAE backbone with plain timm calls: pooled, per token, and from intermediate blocks.
 
     python examples/extract_features.py                          # bundled sample images
-    python examples/extract_features.py photos/ --model ldae_vit_small_patch4_32.cifar10
+    python examples/extract_features.py photos/ --model ldae_vit_micro_patch4_32.cifar10
 
 An l-DAE backbone is a timm ``VisionTransformer`` (the encoder at a fixed noise level), so everything
 below is standard timm; the only l-DAE-specific line is ``import ldae``, which registers the models.
@@ -24,7 +24,7 @@ from ldae.sources import released_tags
 def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="*", help="image files or folders (default: the bundled samples)")
-    parser.add_argument("--model", default=None, help="timm name, e.g. ldae_vit_small_patch4_32.cifar10")
+    parser.add_argument("--model", default=None, help="timm name, e.g. ldae_vit_micro_patch4_32.cifar10")
     args = parser.parse_args(argv)
 
     tags = released_tags()

@@ -1,6 +1,6 @@
 """Linear probe of a frozen l-DAE backbone on your own folder of labelled images.
 
-    python examples/linear_probe_folder.py my_photos/ --model ldae_vit_small_patch4_32.cifar10
+    python examples/linear_probe_folder.py my_photos/ --model ldae_vit_micro_patch4_32.cifar10
 
 ``my_photos/`` holds one sub-folder per class (``my_photos/<class>/<image>``), optionally split
 (``my_photos/{train,val}/<class>/<image>``); a ``.tar`` or ``.tar.gz`` of either works too. Without a

@@ -120,6 +120,10 @@ def create_backbone(
     import ldae  # noqa: F401  (importing the package registers the ldae_* architectures with timm)
 
     data_overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}
+    if not pretrained and (_is_checkpoint_file(spec) or os.path.isdir(spec)):
+        # A file or folder *is* trained weights: ignoring --no-pretrained would give a wrong control.
+        raise ValueError(f"--no-pretrained asks for a random initialisation, but {spec!r} is trained weights; for the "
+                         "random-init control pass the architecture's timm name (e.g. ldae_vit_micro_patch4_32 --no-pretrained)")
     if _is_checkpoint_file(spec):
         backbone = _from_ldae_checkpoint(spec, t, use_ema, num_classes, model_kwargs)
     else:
@@ -133,7 +137,6 @@ def create_backbone(
                 raise FileNotFoundError(
                     f"{spec} is a folder without config.json: expected a timm save_for_hf / `ldae export` folder")
             name, source = f"local-dir:{Path(spec).resolve()}", "local-dir"
-            pretrained = True  # a folder is its weights
         elif spec.startswith("local-dir:"):
             source = "local-dir"
         model = _create_timm(name, pretrained, num_classes, model_kwargs)

@@ -1,6 +1,6 @@
 """``ldae figures KIND``: the paper's figures for your model, tokenizer, images or training log.
 
-    ldae figures denoise photos/ --model ldae_vit_small_patch4_32.cifar10 --t 200 400 --out denoise.png
+    ldae figures denoise photos/ --model ldae_vit_micro_patch4_32.cifar10 --t 200 400 --out denoise.png
     ldae figures noise photos/cat.jpg --sigma 0.577 --out noise.png
     ldae figures bases --tokenizer weights/pca.safetensors --k 16 --out bases.png
     ldae figures curves runs/cifar/log.jsonl --keys loss lr --out curves.png
@@ -26,7 +26,7 @@ from .tokenizer import DIT_NORM
 __all__ = ["get_args_parser", "main"]
 
 EPILOG = """examples:
-  ldae figures denoise photos/ --model ldae_vit_small_patch4_32.cifar10 --t 200 400 --out denoise.png
+  ldae figures denoise photos/ --model ldae_vit_micro_patch4_32.cifar10 --t 200 400 --out denoise.png
   ldae figures denoise --model runs/cifar/checkpoint.pth          # bundled sample images
   ldae figures noise photos/cat.jpg --sigma 0.577 --out noise.png  # Fig. 7: pixel vs latent noise
   ldae figures bases --k 16 --out bases.png                        # Fig. 4: the shipped PCA bases
@@ -53,7 +53,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     p = sub.add_parser("denoise", parents=[images, common], formatter_class=fmt, help="Fig. 8: clean | noisy | denoised",
-                       epilog="example:\n  ldae figures denoise photos/ --model ldae_vit_small_patch4_32.cifar10 --t 200 400")
+                       epilog="example:\n  ldae figures denoise photos/ --model ldae_vit_micro_patch4_32.cifar10 --t 200 400")
     p.add_argument("--model", default=None, help="a pretraining checkpoint (.pth) or a zoo tag with denoiser weights "
                    "(default: the first shipped one)")
     p.add_argument("--t", type=int, nargs="+", default=None, help="noise levels, one noisy/denoised column pair each "

@@ -16,7 +16,6 @@ import argparse
 import glob
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from .io import atomic_path
 from .lr_sched import scaled_lr
 from .metrics_log import MetricsLogger
 from .model import LDAE
-from .recipe import git_commit
+from .recipe import command_line, git_commit
 from .pretrain_data import GPUResidentData, LoaderData, PretrainData, ShardData, check_min_image_size
 from .size_spec import parse_model_spec
 from .patch_tokenizer import NORMS
@@ -124,7 +123,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--peak-tflops", type=float, default=None, help="per-GPU peak for MFU (default: a measured bf16 matmul on GPUs, none on CPUs)")
 
     g = parser.add_argument_group("run")
-    g.add_argument("--output-dir", default="runs/pretrain", help="checkpoints, log.jsonl, args.json, tokenizer.safetensors")
+    g.add_argument("--output-dir", default="runs/pretrain", help="checkpoints, log.jsonl, run.json, tokenizer.safetensors")
     g.add_argument("--resume", default=None, help="a checkpoint to continue from, or 'auto': <output-dir>/checkpoint-last.pth if present")
     g.add_argument("--save-every-epochs", type=int, default=50, help="keep checkpoint-<epoch>.pth every N epochs")
     g.add_argument("--last-every-epochs", type=int, default=1, help="refresh checkpoint-last.pth every N epochs")
@@ -472,7 +471,7 @@ def _write_run_info(args: argparse.Namespace, env: dist.DistEnv, out: Path, info
         return
     import timm
 
-    record = {"command": shlex.join(sys.argv), "args": _jsonable_args(args), **info, "commit": git_commit(),
+    record = {"command": command_line(), "args": _jsonable_args(args), **info, "commit": git_commit(),
               "torch": torch.__version__, "timm": timm.__version__,
               "device": device_name(env.device)}
     with atomic_path(out / "run.json") as tmp:

@@ -1,7 +1,7 @@
 """``ldae export``: a pretraining checkpoint -> a timm / Hugging Face model folder.
 
-    ldae export runs/cifar/checkpoint.pth --out exports/ldae_vit_small_patch4_32.cifar10 --tag cifar10 \\
-        --metric knn_top1=81.2 --repo-id my-org/ldae_vit_small_patch4_32.cifar10 [--push]
+    ldae export runs/cifar/checkpoint.pth --out exports/ldae_vit_micro_patch4_32.cifar10 --tag cifar10 \\
+        --metric knn_top1=81.2 --repo-id my-org/ldae_vit_micro_patch4_32.cifar10 [--push]
 
 The encoder is folded at a fixed level t (default: the schedule's evaluation level, t = 10 of 1000)
 into a plain timm ``VisionTransformer`` (:mod:`ldae.export`) and written with timm's ``save_for_hf``

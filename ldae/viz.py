@@ -178,7 +178,7 @@ def denoising_figure(
     titles = ["clean"]
     for r in runs:
         columns += [to_pil(r.noisy, norm_mean, norm_std), to_pil(r.denoised, norm_mean, norm_std)]
-        titles += [f"noisy t={r.t}, s={r.sigma:.2f}", "denoised"]
+        titles += [f"noisy t={r.t}, sigma={r.sigma:.3g}", "denoised"]
     rows = [list(p) for p in zip(*columns)]
     return image_grid(rows, titles, title, min_panel=min_panel)
 
@@ -234,7 +234,7 @@ def pixel_vs_latent_noise(
 def noise_figure(cmp: NoiseComparison, tokenizer: PatchPCA, title: str | Sequence[str] | None = None, min_panel: int = MIN_PANEL) -> Image.Image:
     """Fig. 7: one row per image, columns clean | pixel noise | latent noise (same sigma)."""
     cols = [to_pil(x, tokenizer.norm_mean, tokenizer.norm_std) for x in (cmp.clean, cmp.pixel, cmp.latent)]
-    titles = ["clean", f"pixel noise s={cmp.sigma:.2f}", f"latent noise d={cmp.d}"]
+    titles = ["clean", f"pixel noise sigma={cmp.sigma:.3g}", f"latent noise d={cmp.d}"]
     return image_grid([list(r) for r in zip(*cols)], titles, title, min_panel=min_panel)
 
 

@@ -8,8 +8,8 @@ the released backbone at *every* level (its t-dependence starts at zero and is l
 decoder starts from its adaLN-Zero initialisation, and ``export_to_timm`` of the result gives the
 released weights back.
 
-    vit = timm.create_model("ldae_vit_small_patch4_32.cifar10", pretrained=True)
-    model = LDAE("small_patch4_32", ldae.get_tokenizer("ldae_vit_small_patch4_32.cifar10"))
+    vit = timm.create_model("ldae_vit_micro_patch4_32.cifar10", pretrained=True)
+    model = LDAE("small_patch4_32", ldae.get_tokenizer("ldae_vit_micro_patch4_32.cifar10"))
     init_encoder_from_vit(model, vit)      # then train: loss = model(images)
 """
 from __future__ import annotations

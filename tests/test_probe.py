@@ -137,6 +137,14 @@ def test_backbone_errors():
         create_backbone("missing/ckpt.pth")
 
 
+def test_no_pretrained_with_trained_weights_is_an_error(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth")
+    (tmp_path / "folder").mkdir()
+    for spec in (str(ckpt), str(tmp_path / "folder")):  # a file or folder is trained weights: no silent wrong control
+        with pytest.raises(ValueError, match="--no-pretrained asks for a random initialisation, but .* is trained weights"):
+            create_backbone(spec, pretrained=False)
+
+
 def test_feature_cache_round_trip_and_identity(tmp_path):
     ds = [(torch.randn(3, 32, 32), i % 3) for i in range(10)]
     ext = FeatureExtractor(_tiny_vit())
