@@ -67,6 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant before the first round")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the l-DAE bf16 step (first size)")
+    p.add_argument("--profile", default="micro_patch4_32", help="torch.profiler of two l-DAE bf16 steps of this size: the "
+                   "share of step time per op, before and after the CPU attention choice ('' to skip)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "pretrain_cpu.json"))
     p.add_argument("--smoke", action="store_true", help="one tiny size, one step: checks the plumbing only")
     return p
@@ -167,14 +169,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     compiled = None
     if args.compile and not args.smoke:
         compiled = _time_compile(sizes[0], args)
+    profiles = {}
+    if args.profile and not args.smoke:
+        profiles = {kind: _profile(args.profile, kind, args.batch_size) for kind in ("ldae_bf16_sdpa", "ldae_bf16")}
     return {
         "benchmark": "pretrain_step_cpu", "device": device_name(torch.device("cpu")), "cpu_flags": cpu_flags(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__,
         "python": platform.python_version(), "command": shlex.join(["python", *sys.argv]), "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "smoke": bool(args.smoke),
         "rounds": args.rounds, "steps": args.steps, "matmul_gflops": {k: round(v, 1) for k, v in peaks.items()},
-        "targets": TARGETS, "results": rows, "compile": compiled,
+        "targets": TARGETS, "results": rows, "compile": compiled, "profile": profiles,
     }
+
+
+def _profile(spec: str, variant: str, batch: int, top: int = 12) -> dict[str, Any]:
+    """Self CPU time per op of two training steps (torch.profiler), as shares of the total: what dominates."""
+    from torch.profiler import ProfilerActivity, profile
+
+    st, _ = _build(variant, spec, batch)
+    st.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            st.step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    ops = [{"op": e.key, "share": round(e.self_cpu_time_total / total, 4), "calls": e.count} for e in events[:top]]
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"))
+    print(f"profile {spec} {variant}: " + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in ops[:6]), flush=True)
+    return {"size": spec, "variant": variant, "step_ms": round(total / 2 / 1000, 1), "matmul_share": round(matmul / total, 4), "top_ops": ops}
 
 
 def _time_compile(spec: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Input images for the demo and the figures: bundled samples, or the user's own files and folders.
 
-The bundled samples need no download and no data files in this package: crops of the Grace Hopper
-portrait that matplotlib ships as sample data (a U.S. Navy photograph in the public domain), and a
-scene rendered here with Pillow (hard edges, gradients, stripes: what a denoiser must restore).
+The bundled samples need no download: six photographs of different scenes shipped in
+``ldae/assets/samples`` (public domain or CC0; ``LICENSES.md`` there names each source), the Grace
+Hopper portrait that matplotlib ships as sample data (a U.S. Navy photograph in the public domain),
+and a scene rendered here with Pillow (hard edges, gradients, stripes: what a denoiser must restore).
 """
 from __future__ import annotations
 
@@ -18,12 +19,10 @@ from .data import IMG_EXTENSIONS, build_transform
 
 __all__ = ["sample_images", "render_shapes", "find_images", "load_images"]
 
-# (left, upper, right, lower) boxes in the 512 x 600 portrait
-_HOPPER_CROPS = {
-    "grace_hopper": (0, 44, 512, 556),
-    "grace_hopper_face": (140, 110, 400, 370),
-    "flag": (0, 0, 220, 220),
-}
+SAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "samples"
+# The bundled photographs, in the order the demo shows them (see assets/samples/LICENSES.md).
+BUNDLED = ("astronaut", "cat", "coffee", "rocket", "galaxies", "retina")
+_HOPPER_BOX = (0, 44, 512, 556)  # (left, upper, right, lower): the square portrait in the 512 x 600 photo
 
 
 def render_shapes(size: int = 256) -> Image.Image:
@@ -48,18 +47,19 @@ def render_shapes(size: int = 256) -> Image.Image:
 
 
 def sample_images() -> list[tuple[str, Image.Image]]:
-    """The bundled (name, RGB image) samples: three portrait crops (if matplotlib's sample data is
-    installed) and the rendered scene."""
+    """The bundled (name, RGB image) samples: the six photographs, the portrait (if matplotlib's sample
+    data is installed) and the rendered scene."""
     out: list[tuple[str, Image.Image]] = []
+    for name in BUNDLED:
+        with Image.open(SAMPLES_DIR / f"{name}.jpg") as im:
+            out.append((name, im.convert("RGB")))
     try:
         import matplotlib.cbook
 
         path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
         with Image.open(path) as portrait:
-            portrait = portrait.convert("RGB")
-        for name, box in _HOPPER_CROPS.items():
-            out.append((name, portrait.crop(box)))
-    except (ImportError, OSError, ValueError):  # a stripped-down matplotlib: the rendered scene remains
+            out.append(("grace_hopper", portrait.convert("RGB").crop(_HOPPER_BOX)))
+    except (ImportError, OSError, ValueError):  # a stripped-down matplotlib: the other samples remain
         pass
     out.append(("shapes", render_shapes()))
     return out

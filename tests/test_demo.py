@@ -51,7 +51,7 @@ def test_demo_runs_offline_on_the_real_manifest(tmp_path, monkeypatch, offline, 
     assert cli.main(["demo", "--out", str(out), "--limit", "2"]) == 0
     printed = capsys.readouterr().out
     record = json.loads((out / "demo.json").read_text())
-    assert record["images"] == ["grace_hopper", "grace_hopper_face"]
+    assert record["images"] == ["astronaut", "cat"]  # the first two bundled samples
     for name in record["files"]:
         assert f"wrote {out / name}" in printed
     tags = released_tags()
@@ -174,3 +174,17 @@ def test_demo_on_the_users_images(release, tmp_path, monkeypatch, offline):
         _demo([str(tmp_path / "nope"), "--out", str(tmp_path / "out"), "--quiet"])
     with pytest.raises(ValueError, match="notes.txt: not an image file"):
         _demo([str(folder / "notes.txt"), "--out", str(tmp_path / "out"), "--quiet"])
+
+
+def test_bundled_samples_are_varied_and_licensed():
+    from ldae.samples import BUNDLED, SAMPLES_DIR, sample_images
+
+    names = [n for n, _ in sample_images()]
+    assert names[: len(BUNDLED)] == list(BUNDLED) and names[-1] == "shapes"
+    licences = (SAMPLES_DIR / "LICENSES.md").read_text()
+    for name in BUNDLED:
+        assert f"`{name}.jpg`" in licences  # every bundled file has its source and licence stated
+    arrays = [np.asarray(im.resize((32, 32)), dtype=np.float32) for _, im in sample_images()]
+    # Different scenes, not crops of one photo: no two samples are close at the demo's 32 px.
+    dists = [np.abs(a - b).mean() for i, a in enumerate(arrays) for b in arrays[i + 1:]]
+    assert min(dists) > 10

@@ -406,3 +406,15 @@ def test_benchmark_smoke_writes_well_formed_json(tmp_path):
         assert r["mfu"] == pytest.approx(r["train_gflops_per_image"] * 1e9 * r["img_per_s"] / (rep["peak_tflops"] * 1e12), rel=2e-2)
     assert set(rep["ratios"]) == {"base_ldae_over_timm_eager", "cifar_ldae_over_timm_eager"}
     assert rep["targets"]["cifar_end_to_end_img_per_s"]["target"] == 20000.0
+
+
+def test_a_finished_run_says_where_its_checkpoint_is_and_what_to_run_next(cifar_root, tok, tmp_path, capsys):
+    args = [a for a in argv(cifar_root, tmp_path / "run", "--epochs", 1, tokenizer=tok) if a != "--quiet"]
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    last = tmp_path / "run" / "checkpoint-0001.pth"
+    assert last.is_file()
+    assert f"done: {STEPS_PER_EPOCH} steps; checkpoint {last}. next: ldae export {last} --out {tmp_path / 'run' / 'export'}" in out
+    assert f"ldae probe --mode cached --model {last} --data {cifar_root}" in out
+    first = next(line for line in out.splitlines() if line.startswith("l-DAE "))
+    assert f"{torch.get_num_threads()} threads" in first and " attention, " in first  # what ran, in the first log line
