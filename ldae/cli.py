@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
 
-__all__ = ["main", "SUBCOMMANDS", "EXAMPLES"]
+__all__ = ["main", "run", "SUBCOMMANDS", "EXAMPLES", "USER_ERRORS", "EXIT_USER_ERROR"]
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -57,8 +58,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user can cause and fix (a bad flag value, a missing or wrong file, an incompatible artifact):
+# one line, exit 2. Anything else is a bug and keeps its traceback. LDAE_DEBUG=1 (or --debug before
+# the command) shows the traceback of user errors too.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                                                IsADirectoryError, PermissionError)
+EXIT_USER_ERROR = 2
+
+
+def _debug() -> bool:
+    return os.environ.get("LDAE_DEBUG", "") not in ("", "0")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text.strip("'\"") if isinstance(e, KeyError) else text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--debug"]:
+        os.environ["LDAE_DEBUG"] = "1"
+        argv = argv[1:]
     if not argv or argv[0] not in SUBCOMMANDS:
         parser = _parser()
         if not argv:
@@ -67,10 +88,25 @@ def main(argv: list[str] | None = None) -> int:
         if argv[0].startswith("-"):
             parser.parse_args(argv)  # --help / --version exit here; other flags are an error
         parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}")
-    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    return run(argv[0], argv[1:])
+
+
+def run(command: str, argv: list[str]) -> int:
+    """``ldae <command> <argv>``: parse, check every numeric flag's range, run; user errors as one line."""
+    from .flag_domains import check_flags
+
+    module = importlib.import_module(SUBCOMMANDS[command][0])
     parser = module.get_args_parser(add_help=True)
-    parser.prog = f"ldae {argv[0]}"
-    result = module.main(parser.parse_args(argv[1:]))
+    parser.prog = f"ldae {command}"
+    args = parser.parse_args(argv)
+    try:
+        check_flags(parser, args)
+        result = module.main(args)
+    except USER_ERRORS as e:
+        if _debug():
+            raise
+        print(f"ldae {command}: error: {_one_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
     return int(result or 0)
 
 

@@ -195,4 +195,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    from ldae.cli import run  # the same checks and one-line user errors as `ldae demo`
+
+    sys.exit(run("demo", sys.argv[1:]))

@@ -321,4 +321,6 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    from ldae.cli import run  # the same checks and one-line user errors as `ldae finetune`
+
+    sys.exit(run("finetune", sys.argv[1:]))

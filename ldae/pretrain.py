@@ -479,4 +479,6 @@ def _write_run_info(args: argparse.Namespace, env: dist.DistEnv, out: Path, info
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    from ldae.cli import run  # the same checks and one-line user errors as `ldae pretrain`
+
+    sys.exit(run("pretrain", sys.argv[1:]))
