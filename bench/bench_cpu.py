@@ -61,7 +61,8 @@ SMOKE_SIZE = "custom:img=32,patch=4,dim=32,enc=1,dec=1,heads=2,d=8"
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default=",".join(DEFAULT_SIZES), help="comma-separated --model values (names or custom: specs)")
+    p.add_argument("--sizes", default=";".join(DEFAULT_SIZES), help="--model values separated by ';' (names or custom: "
+                   "specs, which hold commas themselves)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each variant's best round is reported")
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
@@ -123,7 +124,7 @@ def _build(variant: str, spec: str, batch: int) -> tuple[_Stepper, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = [SMOKE_SIZE] if args.smoke else [s for s in args.sizes.split(",") if s]
+    sizes = [SMOKE_SIZE] if args.smoke else [s.strip() for s in args.sizes.split(";") if s.strip()]
     if args.smoke:
         args.batch_size, args.rounds, args.steps, args.warmup = 4, 1, 1, 1
     for s in sizes:
