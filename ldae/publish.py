@@ -303,6 +303,7 @@ def export_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
         if not overrides:  # weights/ releases the registered sizes (a manifest cfg cannot carry model args)
             info["manifest_entry"] = _manifest_entry(info, tmp, tok)
             (tmp / "manifest_entry.json").write_text(json.dumps(info["manifest_entry"], indent=2) + "\n")
+        _normal_permissions(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -312,6 +313,15 @@ def export_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     if args.push:
         _push(out, args.repo_id, args.private, info["name"])
     return info
+
+
+def _normal_permissions(folder: Path) -> None:
+    """What ``mkdir`` / ``open`` would give under the current umask (mkdtemp and some writers use 0700 / 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~umask)
 
 
 def _portable_config(path: Path) -> None:

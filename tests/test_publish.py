@@ -53,6 +53,16 @@ def exported(tmp_path_factory):
     return model, out
 
 
+def test_export_has_normal_permissions(exported):
+    import os
+
+    _, out = exported
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in out.iterdir())
+
+
 def test_folder_contents_and_model_card(exported):
     model, out = exported
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "manifest_entry.json", "model.safetensors", "tokenizer.safetensors"]
