@@ -55,17 +55,17 @@ def test_examples_folder_is_complete():
 def test_extract_features_pooled_tokens_and_intermediates_agree(released, capsys):
     _, _, model = released
     out = _example("extract_features")([])  # default: the first released tag, bundled samples
-    assert f"model {TAG}: 4 images of (32, 32) px" in capsys.readouterr().out
+    assert f"model {TAG}: 8 images of (32, 32) px" in capsys.readouterr().out  # the bundled samples
     x, _ = load_images(None, 32, *DIT_NORM)  # the cfg's preprocessing: full-image center crop, [-1, 1]
     with torch.no_grad():
         torch.testing.assert_close(out["pooled"], export_to_timm(model, 10)(x), atol=1e-4, rtol=1e-4)
-    assert out["tokens"].shape == (4, 64, 192)
+    assert out["tokens"].shape == (8, 64, 192)
     torch.testing.assert_close(out["pooled"], out["tokens"].mean(1))  # average pooling, no class token
     # No final norm: the last block's output (NCHW) is the token map, and features_only returns it too.
     last = out["last3"][-1]  # (B, D, 8, 8)
     torch.testing.assert_close(last.flatten(2).transpose(1, 2), out["tokens"])
     torch.testing.assert_close(out["fmap"], last)
-    assert out["block3"].shape == out["block7"].shape == (4, 64, 192)
+    assert out["block3"].shape == out["block7"].shape == (8, 64, 192)
     assert not torch.allclose(out["block3"], out["block7"])
 
 
