@@ -411,7 +411,7 @@ def test_benchmark_smoke_writes_well_formed_json(tmp_path):
 def test_a_finished_run_says_where_its_checkpoint_is_and_what_to_run_next(cifar_root, tok, tmp_path, capsys):
     args = [a for a in argv(cifar_root, tmp_path / "run", "--epochs", 1, tokenizer=tok) if a != "--quiet"]
     assert run(args) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the run's console lines go to stderr, the metrics to log.jsonl
     last = tmp_path / "run" / "checkpoint-0001.pth"
     assert last.is_file()
     assert f"done: {STEPS_PER_EPOCH} steps; checkpoint {last}. next: ldae export {last} --out {tmp_path / 'run' / 'export'}" in out
