@@ -28,7 +28,7 @@ def _entrypoint(arch: str) -> Callable[..., nn.Module]:
     return entrypoint
 
 
-for _arch in zoo.ARCH_NAMES:
+for _arch in (*zoo.ARCH_NAMES, zoo.CUSTOM_ARCH):  # every registered ldae_vit_* model
     globals()[_arch] = _entrypoint(_arch)
     __all__.append(_arch)
 del _arch
