@@ -58,7 +58,7 @@ def build_from_release(tag: str) -> tuple[LDAE, dict]:
     arch = tag.split(".", 1)[0]
     size = arch[len(ARCH_PREFIX):]
     noise = get_noise_config(tag)  # how the release was pretrained: d, whitening, schedule
-    args = dict(model=size, d=noise.d, whiten=noise.whiten, noise_space=noise.noise_space, schedule=noise.schedule,
+    args = dict(model=size, d=noise.d, latent_scale=noise.scale, noise_space=noise.noise_space, schedule=noise.schedule,
                 tail_weight=0.1, enc_depth=None, cond_ratio=0.25, num_levels=noise.num_levels)
     tokenizer = get_tokenizer(tag) if noise.noise_space == "latent" else None
     model = build_model_from_args(argparse.Namespace(**args), tokenizer)
@@ -125,7 +125,7 @@ def _args_of(model: LDAE) -> dict:
     size = next((name for name, s in SIZES.items() if dataclasses.replace(s, enc_depth=model.enc_depth,
                                                                           dec_depth=s.depth - model.enc_depth) == model.size),
                 format_model_spec(model.size))
-    return dict(model=size, d=model.d, whiten=model.noise.whiten, noise_space=model.noise.space,
+    return dict(model=size, d=model.d, latent_scale=model.noise.latent_scale, noise_space=model.noise.space,
                 schedule=model.schedule.name, tail_weight=model.tail_weight, enc_depth=model.enc_depth,
                 cond_ratio=model.cond_dim / model.size.embed_dim, num_levels=model.schedule.num_levels)
 

@@ -6,21 +6,32 @@ way, and a checkpoint's saved ``args`` rebuild exactly the model it holds.
 from __future__ import annotations
 
 import argparse
+from typing import Any, Mapping
 
 from .configs import SIZES
 from .size_spec import model_spec_arg
 from .model import LDAE
-from .noise import INPUT_SPACES, NOISE_SPACES
+from .noise import INPUT_SPACES, LATENT_SCALES, NOISE_SPACES
 from .schedule import SCHEDULES, build_schedule
 from .targets import TARGETS
 from .tokenizers import Tokenizer
 
-__all__ = ["add_model_args", "build_model_from_args", "MODEL_ARG_NAMES", "TRAJECTORY_ARG_DEFAULTS"]
+__all__ = ["add_model_args", "build_model_from_args", "saved_model_args", "MODEL_ARG_NAMES", "TRAJECTORY_ARG_DEFAULTS"]
 
-MODEL_ARG_NAMES = ("model", "d", "whiten", "noise_space", "schedule", "tail_weight", "enc_depth", "cond_ratio", "num_levels")
+MODEL_ARG_NAMES = ("model", "d", "latent_scale", "noise_space", "schedule", "tail_weight", "enc_depth", "cond_ratio", "num_levels")
 # Model flags added with the trajectory switches (docs/trajectory.md). Args saved before them lack
 # these names; the defaults, which are l-DAE's, rebuild exactly the model those args describe.
 TRAJECTORY_ARG_DEFAULTS: dict[str, str] = {"input_space": "image", "target": "image"}
+
+
+def saved_model_args(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """Saved args (a checkpoint's, a denoiser file's) in today's names: flags added since take their
+    defaults, and ``whiten`` (args saved before ``--latent-scale``) becomes ``latent_scale``."""
+    out = {**TRAJECTORY_ARG_DEFAULTS, **saved}
+    whiten = out.pop("whiten", True)
+    if out.get("latent_scale") is None:
+        out["latent_scale"] = "whiten" if whiten else "raw"
+    return out
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -30,7 +41,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help=f"model size: one of {', '.join(sorted(SIZES))} (default half_large = the paper's ViT-1/2L encoder), "
                    "or an inline size custom:img=32,patch=4,dim=64,enc=2,dec=2,heads=2,d=16")
     g.add_argument("--d", type=int, default=None, help="latent dimension of the noise (default: the size's, 32 for 16x16 patches)")
-    g.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True, help="noise on unit-variance PCA latents")
+    g.add_argument("--latent-scale", default="whiten", choices=LATENT_SCALES,
+                   help="scale of the latent the noise is added to: 'whiten' = unit variance per component (default), 'raw' = "
+                        "PCA coordinates, 'global' = one scale giving unit average variance (as latent-diffusion VAEs)")
+    # Older spellings of two of those scales, kept so existing command lines run unchanged.
+    g.add_argument("--whiten", dest="latent_scale", action="store_const", const="whiten", help=argparse.SUPPRESS)
+    g.add_argument("--no-whiten", dest="latent_scale", action="store_const", const="raw", help=argparse.SUPPRESS)
     g.add_argument("--noise-space", default="latent", choices=NOISE_SPACES, help="'pixel' is the classical DAE ablation")
     g.add_argument("--schedule", default="linear_sigma", choices=sorted(SCHEDULES), help="noise schedule ('single': sigma = sqrt(1/3))")
     g.add_argument("--num-levels", type=int, default=1000, help="number of noise levels T")
@@ -48,15 +64,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def build_model_from_args(args: argparse.Namespace, tokenizer: Tokenizer | None) -> LDAE:
     """The :class:`LDAE` that the parsed model flags describe (flags added later default when absent,
     so the saved args of older checkpoints rebuild the same model)."""
+    a = saved_model_args(vars(args))
     return LDAE(
-        args.model,
+        a["model"],
         tokenizer,
-        d=args.d,
-        whiten=args.whiten,
-        noise_space=args.noise_space,
-        schedule=build_schedule(args.schedule, num_levels=args.num_levels),
-        tail_weight=args.tail_weight,
-        enc_depth=args.enc_depth,
-        cond_ratio=args.cond_ratio,
-        **{k: getattr(args, k, v) for k, v in TRAJECTORY_ARG_DEFAULTS.items()},
+        d=a["d"],
+        latent_scale=a["latent_scale"],
+        noise_space=a["noise_space"],
+        schedule=build_schedule(a["schedule"], num_levels=a["num_levels"]),
+        tail_weight=a["tail_weight"],
+        enc_depth=a["enc_depth"],
+        cond_ratio=a["cond_ratio"],
+        **{k: a[k] for k in TRAJECTORY_ARG_DEFAULTS},
     )

@@ -11,10 +11,11 @@ A backbone is named by one string (``--model``):
 Features are the model's pooled output (``num_classes=0``; global average pooling for l-DAE), computed
 in eval mode without autograd. For an exported l-DAE encoder (zoo name or export folder) the level t
 is baked into the weights and recorded with them; for a checkpoint it is ``--t`` (default: the
-schedule's evaluation level, t = 10 of 1000, App. A). With ``noisy_input`` the latent noise of the
-model's pretraining (:class:`~ldae.noise.LatentNoise`: the checkpoint's own, or the tokenizer and
-schedule a zoo name / export records) corrupts the image at the same t before the encoder (App. A's
-"w/ noisy input" row).
+schedule's evaluation level, t = 10 of 1000, App. A). The input view (:data:`INPUT_VIEWS`) says what
+the encoder is shown: the clean image (default); the image projected onto the top-d latent span of
+the model's tokenizer, as every training input was (sigma -> 0); or the image corrupted at the same t
+by the latent noise of the model's pretraining (:class:`~ldae.noise.LatentNoise`: the checkpoint's
+own, or the tokenizer and schedule a zoo name / export records; App. A's "w/ noisy input" row).
 
 Preprocessing comes from the model's ``pretrained_cfg`` through ``timm.data.resolve_model_data_config``
 (l-DAE checkpoints: the tokenizer's normalisation, full-image center crop).
@@ -49,9 +50,12 @@ __all__ = [
     "Backbone", "FeatureSet", "FeatureExtractor", "create_backbone", "rebuild_architecture",
     "add_backbone_args", "backbone_from_args", "extract_features", "cached_features",
     "save_features", "load_features", "dataset_identity", "resolve_data_config", "to_jsonable", "FEATURES_FORMAT",
+    "INPUT_VIEWS",
 ]
 
 FEATURES_FORMAT = "ldae.features.v1"
+# What a frozen encoder is shown (see the module docstring).
+INPUT_VIEWS = ("clean", "projected", "noisy")
 _CKPT_SUFFIXES = (".pth", ".pt", ".ckpt")
 
 
@@ -270,26 +274,39 @@ class FeatureExtractor(nn.Module):
     autograd. With ``noise`` the images are first corrupted at level ``t`` in the latent space.
     """
 
-    def __init__(self, model: nn.Module, noise: LatentNoise | None = None, t: int | None = None) -> None:
+    def __init__(self, model: nn.Module, noise: LatentNoise | None = None, t: int | None = None, view: str | None = None) -> None:
         super().__init__()
-        if noise is not None and t is None:
+        view = view or ("noisy" if noise is not None else "clean")
+        if view not in INPUT_VIEWS:
+            raise ValueError(f"input view must be one of {INPUT_VIEWS}, got {view!r}")
+        if view != "clean" and noise is None:
+            raise ValueError(f"the {view!r} input view needs the model's latent noise")
+        if view == "noisy" and t is None:
             raise ValueError("noisy input needs the level t the backbone was exported at")
+        if view == "projected" and (noise.space != "latent" or noise.tokenizer is None):  # type: ignore[union-attr]
+            raise ValueError("the 'projected' input view needs a model pretrained with latent noise (a tokenizer to "
+                             "project onto); this one used pixel-space noise")
         self.model = model.eval().requires_grad_(False)
-        self.noise = noise
+        self.noise = noise if view != "clean" else None
         self.t = t
+        self.view = view
 
     @classmethod
-    def from_backbone(cls, backbone: Backbone, noisy_input: bool = False) -> "FeatureExtractor":
-        """The extractor of ``backbone``; ``noisy_input`` uses the latent noise its pretraining used (an
-        l-DAE checkpoint's own, or the tokenizer and schedule an l-DAE zoo name / export records)."""
+    def from_backbone(cls, backbone: Backbone, noisy_input: bool = False, view: str | None = None) -> "FeatureExtractor":
+        """The extractor of ``backbone`` for an input ``view`` (``noisy_input=True`` is ``view='noisy'``). The
+        projected and noisy views use the latent noise its pretraining used (an l-DAE checkpoint's own, or the
+        tokenizer and schedule an l-DAE zoo name / export records)."""
+        view = view or ("noisy" if noisy_input else "clean")
+        if view not in INPUT_VIEWS:
+            raise ValueError(f"input view must be one of {INPUT_VIEWS}, got {view!r}")
         noise = backbone.noise
-        if noisy_input and noise is None and backbone.arch.get("kind") == "timm":
+        if view != "clean" and noise is None and backbone.arch.get("kind") == "timm":
             noise = backbone.noise = _zoo_noise(backbone.arch["name"])
-        if noisy_input and (noise is None or backbone.t is None):
+        if view != "clean" and (noise is None or backbone.t is None):
             raise ValueError(
-                f"noisy input needs an l-DAE model (a pretraining checkpoint, an ldae_vit_* name or an `ldae export` "
+                f"{view} input needs an l-DAE model (a pretraining checkpoint, an ldae_vit_* name or an `ldae export` "
                 f"folder: its tokenizer and schedule define the noise); {backbone.spec!r} is not one")
-        return cls(backbone.model, noise if noisy_input else None, backbone.t)
+        return cls(backbone.model, noise, backbone.t, view)
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
         self.training = mode  # the backbone stays in eval mode whatever the caller's mode
@@ -298,8 +315,10 @@ class FeatureExtractor(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images (B, C, H, W) -> features (B, D) (float32)."""
-        if self.noise is not None:
+        if self.view == "noisy":
             x = self.noise(x, self.t, generator=generator).x_t  # (B, C, H, W), same t as the weights
+        elif self.view == "projected":  # the top-d span: what every training input lies in at sigma -> 0
+            x = self.noise.decode_latent(self.noise.encode_latent(x), x.shape[-2:]).to(x.dtype)  # (B, C, H, W)
         f = self.model(x)  # (B, D)
         if f.ndim != 2:
             raise ValueError(
@@ -372,7 +391,7 @@ def extract_features(
     extractor = extractor.to(device).eval()
     feats, labels = [], []
     for i, (x, y) in enumerate(progress(loader, desc=desc, quiet=quiet, unit="batch")):
-        g = torch.Generator().manual_seed(_batch_seed(seed, rank, i)) if extractor.noise is not None else None
+        g = torch.Generator().manual_seed(_batch_seed(seed, rank, i)) if extractor.view == "noisy" else None
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             f = extractor(x, generator=g)  # (B, D)
@@ -457,9 +476,12 @@ def add_backbone_args(parser: argparse.ArgumentParser, frozen: bool = True) -> a
                         "zoo names and exports carry the level they were exported at")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use a checkpoint's EMA weights")
     if frozen:
-        g.add_argument("--noisy-input", action="store_true",
-                       help="add the model's pretraining latent noise at its level t to the input (App. A 'w/ noisy "
-                            "input'; l-DAE checkpoints, zoo names and exports)")
+        g.add_argument("--input-view", default="clean", choices=INPUT_VIEWS,
+                       help="what the encoder is shown: the clean image; the image 'projected' onto the top-d latent span "
+                            "of the model's tokenizer (as in training); or 'noisy', with the model's pretraining latent "
+                            "noise at its level t (App. A 'w/ noisy input'). The last two: l-DAE checkpoints, zoo names, exports")
+        g.add_argument("--noisy-input", dest="input_view", action="store_const", const="noisy",
+                       help="the same as --input-view noisy")
     g.add_argument("--input-size", type=int, default=None, help="image size (default: the model's pretrained_cfg)")
     g.add_argument("--crop-pct", type=float, default=None, help="eval center-crop fraction (default: the model's)")
     g.add_argument("--interpolation", default=None, help="resize interpolation (default: the model's)")

@@ -30,7 +30,7 @@ from .noise import LatentNoise, NoisyBatch
 from .schedule import NoiseSchedule, build_schedule
 from .targets import check_target, prediction_target, target_loss, target_space
 from .tokenizer import PatchPCA, unpatchify
-from .tokenizers import fixed_latent_dim, load_tokenizer, patch_affine
+from .tokenizers import fixed_latent_dim, load_tokenizer
 
 __all__ = ["LDAE", "LDAEOutput", "build_ldae"]
 
@@ -58,7 +58,7 @@ class LDAE(nn.Module):
             :class:`ldae.tokenizers.Tokenizer` (patch AE / VAE, pixel tokenizer).
         d: latent dimension of the noise and of Eq. 4's weights (default: the tokenizer's ``fixed_d``
             for tokenizers trained for one d, else the size's ``default_d``).
-        whiten: noise on unit-variance latents (default) or raw PCA coordinates.
+        whiten: shorthand for ``latent_scale``: True = ``'whiten'`` (unit-variance latents), False = ``'raw'``.
         noise_space: ``'latent'`` (l-DAE) or ``'pixel'`` (classical DAE ablation).
         schedule: a :class:`NoiseSchedule` or its name (``'linear_sigma'``; ``'single'`` for one level).
         tail_weight: Eq. 4's weight of the D - d dimensions PCA drops (0.1).
@@ -68,6 +68,7 @@ class LDAE(nn.Module):
         input_space: ``'image'`` (l-DAE: the noisy image through a p x p patch embedding) or
             ``'latent'`` (the noisy d-dim tokens through a linear embedding; Tab. 2, Tab. 3 rows 1-3).
         target: ``'image'`` (Eq. 4, l-DAE), ``'decoded'``, ``'z0'`` or ``'eps'`` (see :mod:`ldae.targets`).
+        latent_scale: ``'whiten'``, ``'raw'`` or ``'global'`` (see :mod:`ldae.noise`); overrides ``whiten``.
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class LDAE(nn.Module):
         check_inputs: bool = True,
         input_space: str = "image",
         target: str = "image",
+        latent_scale: str | None = None,
     ) -> None:
         super().__init__()
         size = get_size(size)
@@ -104,7 +106,7 @@ class LDAE(nn.Module):
             schedule = build_schedule(schedule)
         self.noise = LatentNoise(
             tokenizer, self.d, whiten=whiten, space=noise_space, schedule=schedule,
-            input_space=input_space, keep_latent=target != "image",
+            input_space=input_space, keep_latent=target != "image", latent_scale=latent_scale,
         )
         if tokenizer is None and not 1 <= self.d <= size.patch_dim:
             raise ValueError(f"d must be in [1, {size.patch_dim}], got {self.d}")
@@ -203,7 +205,7 @@ class LDAE(nn.Module):
         """
         if self.input_space == "image":
             return self.patch_embed.proj.weight, self.patch_embed.proj.bias
-        a, c = patch_affine(self.tokenizer, self.d, self.noise.whiten)  # (d, P), (d,)
+        a, c = self.noise.patch_affine()  # (d, P), (d,)
         w = self.token_embed.weight.double()  # (D, d)
         a, c = a.to(w.device), c.to(w.device)
         p, chans = self.size.patch_size, self.size.in_chans

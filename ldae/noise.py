@@ -2,21 +2,27 @@
 
     x_t = mean + V_d^T (gamma_t V_d (x_0 - mean) + sigma_t s * eps),   eps ~ N(0, I_d)
 
-with s = 1 (noise on the raw PCA coordinates) or s = sqrt(eigenvalue_i) (``whiten=True``: noise on
-unit-variance latents). The input is therefore also projected onto the top-d subspace: the network
-never sees the D - d dimensions PCA drops, and must predict them (Eq. 4).
+with the latent scale s chosen by ``latent_scale``:
+
+* ``'whiten'`` (default): s_i = sqrt(eigenvalue_i), noise on unit-variance latents;
+* ``'raw'``: s = 1, noise on the raw PCA coordinates;
+* ``'global'``: one s for every dimension, s = sqrt(mean_i eigenvalue_i), so the latent has unit
+  *average* variance, as latent-diffusion VAEs scale theirs (DiT's 0.18215).
+
+The input is therefore also projected onto the top-d subspace: the network never sees the D - d
+dimensions PCA drops, and must predict them (Eq. 4).
 
 Whitening is the default. The paper leaves the latent scale open, but its lambda_t = 1/(1+sigma^2)
 equals gamma^2 under the standard map between scaled and unscaled noise only on unit-variance data,
 and raw coordinates of natural patches differ in scale by tens of times, so sigma up to sqrt(2)
-would barely touch the first components and drown the last.
+would barely touch the first components and drown the last. The global scale keeps the components'
+relative scales (the first dominates, as in raw coordinates) at the unit scale the schedule assumes.
 
 ``space='pixel'`` is the classical DAE of the ablations: x_t = gamma_t x_0 + sigma_t eps on all D
 pixel dimensions, with no projection.
 
 The earlier rows of the paper's trajectory (Tab. 2, Tab. 3 rows 1-3) work on the tokens themselves.
-There the transform runs in latent coordinates w = encode(x_0) (divided by the latent scale when
-``whiten``): w_t = gamma_t w_0 + sigma_t eps, and the network input is w_t itself
+There the transform runs in latent coordinates w = encode(x_0) / s: w_t = gamma_t w_0 + sigma_t eps, and the network input is w_t itself
 (``input_space='latent'``) or the image decode(w_t) (``'image'``, the inverse projection; for PCA the
 same x_t as above). Any tokenizer of :mod:`ldae.tokenizers` (patch PCA, AE, VAE, pixel) works here.
 """
@@ -31,12 +37,15 @@ from .amp import float32_region
 from .checks import check_images
 from .schedule import LinearSigmaSchedule, NoiseSchedule
 from .tokenizer import PatchPCA, patchify, unpatchify
+from .tokenizers import patch_affine
 
-__all__ = ["NoisyBatch", "LatentNoise", "AddLatentNoise", "NOISE_SPACES", "INPUT_SPACES"]
+__all__ = ["NoisyBatch", "LatentNoise", "AddLatentNoise", "NOISE_SPACES", "INPUT_SPACES", "LATENT_SCALES"]
 
 NOISE_SPACES = ("latent", "pixel")
 # What the network is shown: the noisy image (l-DAE), or the noisy latent tokens (DiT on a tokenizer).
 INPUT_SPACES = ("image", "latent")
+# How latent coordinates are scaled before the noise is added (see the module docstring).
+LATENT_SCALES = ("whiten", "raw", "global")
 
 
 @dataclass
@@ -66,11 +75,12 @@ class LatentNoise(nn.Module):
         tokenizer: the fitted :class:`PatchPCA`, or any :class:`ldae.tokenizers.Tokenizer`
             (required for ``space='latent'``).
         d: latent dimension the noise lives in (Tab. 2: 16-32 best for 16x16x3 patches).
-        whiten: scale the noise by the component standard deviations (see module docstring).
+        whiten: shorthand for ``latent_scale``: True = ``'whiten'``, False = ``'raw'``.
         space: ``'latent'`` (l-DAE) or ``'pixel'`` (classical DAE ablation).
         schedule: gamma/sigma/lambda tables; l-DAE's linear sigma schedule by default.
         input_space: ``'image'`` (x_t is a noisy image) or ``'latent'`` (x_t is the noisy tokens).
         keep_latent: also return the clean latents ``z0`` (for latent and decoded targets).
+        latent_scale: ``'whiten'``, ``'raw'`` or ``'global'`` (module docstring); overrides ``whiten``.
     """
 
     def __init__(
@@ -82,6 +92,7 @@ class LatentNoise(nn.Module):
         schedule: NoiseSchedule | None = None,
         input_space: str = "image",
         keep_latent: bool = False,
+        latent_scale: str | None = None,
     ) -> None:
         super().__init__()
         if space not in NOISE_SPACES:
@@ -95,11 +106,15 @@ class LatentNoise(nn.Module):
             )
         if space == "latent" and tokenizer is None:
             raise ValueError("latent noise needs a fitted PatchPCA tokenizer (PatchPCA.fit or `ldae fit-pca`)")
+        latent_scale = latent_scale if latent_scale is not None else ("whiten" if whiten else "raw")
+        if latent_scale not in LATENT_SCALES:
+            raise ValueError(f"latent scale must be one of {LATENT_SCALES}, got {latent_scale!r}")
         if tokenizer is not None:
             tokenizer._check_d(d)
         self.tokenizer = tokenizer
         self.d = int(d)
-        self.whiten = bool(whiten)
+        self.latent_scale = latent_scale
+        self.whiten = latent_scale == "whiten"  # the tokenizers' own per-dimension whitening
         self.space = space
         self.schedule = schedule or LinearSigmaSchedule()
         self.input_space = input_space
@@ -128,18 +143,47 @@ class LatentNoise(nn.Module):
         return NoisyBatch(x_t=x_t, t=t, gamma=gamma, sigma=sigma, weight=weight, eps=eps)
 
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> float32 latents (B, N, d) in the noise's coordinates (whitened if ``whiten``)."""
+        """Images (B, C, H, W) -> float32 latents (B, N, d) in the noise's coordinates (divided by the latent scale)."""
         if self.tokenizer is None:
             raise ValueError("latent coordinates need a tokenizer; this transform adds pixel-space noise")
         with float32_region(x.device):
-            return self.tokenizer.encode(x.float(), self.d, whiten=self.whiten)
+            z = self.tokenizer.encode(x.float(), self.d, whiten=self.whiten)
+            return z / self.global_scale() if self.latent_scale == "global" else z
 
     def decode_latent(self, z: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Latents (B, N, d) in the noise's coordinates -> float32 images (B, C, H, W) (inverse projection)."""
         if self.tokenizer is None:
             raise ValueError("latent coordinates need a tokenizer; this transform adds pixel-space noise")
         with float32_region(z.device):
-            return self.tokenizer.decode(z.float(), hw, whiten=self.whiten)
+            z = z.float() * self.global_scale() if self.latent_scale == "global" else z.float()
+            return self.tokenizer.decode(z, hw, whiten=self.whiten)
+
+    def global_scale(self) -> torch.Tensor:
+        """The ``'global'`` latent scale: sqrt of the mean variance of the top-d latents (a 0-dim float32 tensor)."""
+        if self.tokenizer is None:
+            raise ValueError("a latent scale needs a tokenizer; this transform adds pixel-space noise")
+        return self.tokenizer.latent_std(self.d).float().square().mean().sqrt()
+
+    def latent_scales(self) -> torch.Tensor:
+        """(d,) float32 scale s_i of each latent dimension: noise sigma_t s_i eps_i in raw coordinates."""
+        if self.tokenizer is None:
+            raise ValueError("a latent scale needs a tokenizer; this transform adds pixel-space noise")
+        std = self.tokenizer.latent_std(self.d).float()
+        if self.latent_scale == "whiten":
+            return std
+        return torch.ones_like(std) * (self.global_scale() if self.latent_scale == "global" else 1.0)
+
+    @torch.no_grad()
+    def patch_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A (d, P), c (d,)) float64 with ``encode_latent(x) = patchify(x) @ A.T + c`` (P = p*p*C): the exact
+        affine map from a patch to its latent in the noise's coordinates (for folding into a patch embedding)."""
+        if self.tokenizer is None:
+            raise ValueError("latent coordinates need a tokenizer; this transform adds pixel-space noise")
+        a, c = patch_affine(self.tokenizer, self.d, self.whiten)
+        if self.latent_scale == "global":
+            g = self.global_scale().double()
+            a, c = a / g, c / g
+        return a, c
 
     def corrupt_latent(
         self, x0: torch.Tensor, gamma: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator | None = None
@@ -174,14 +218,14 @@ class LatentNoise(nn.Module):
         v = tok.components[: self.d]  # (d, D)
         z = (patchify(x, p) - tok.mean) @ v.T  # (B, N, d)
         eps = _randn(z.shape, x.device, generator)
-        scale = tok.latent_std(self.d) if self.whiten else torch.ones_like(tok.eigenvalues[: self.d])
+        scale = self.latent_scales().to(x.device)  # (d,)
         z_t = gamma[:, None, None] * z + sigma[:, None, None] * (eps * scale)  # (B, N, d)
         x_t = unpatchify(z_t @ v + tok.mean, p, x.shape[-2:])  # (B, C, H, W)
         return x_t.to(x0.dtype), eps
 
     def extra_repr(self) -> str:
         extra = f", input_space={self.input_space!r}" if self.input_space != "image" else ""
-        return f"d={self.d}, whiten={self.whiten}, space={self.space!r}, schedule={self.schedule}{extra}"
+        return f"d={self.d}, latent_scale={self.latent_scale!r}, space={self.space!r}, schedule={self.schedule}{extra}"
 
 
 def _randn(shape, device, generator: torch.Generator | None) -> torch.Tensor:

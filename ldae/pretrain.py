@@ -24,7 +24,7 @@ import torch
 
 from . import dist
 from .amp import PRECISIONS, device_name, resolve_attention, resolve_precision, set_fused_attention
-from .builder import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, add_model_args, build_model_from_args
+from .builder import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, add_model_args, build_model_from_args, saved_model_args
 from .checks import check_images
 from .checkpoint import load_checkpoint, save_checkpoint
 from .engine_pretrain import EpochContext, NonFiniteLossError, StepConfig, TrainState, train_one_epoch
@@ -261,7 +261,7 @@ def _fit_tokenizer(args: argparse.Namespace, data: PretrainData, patch_size: int
 
 
 def _check_resume_args(saved: dict[str, Any], args: argparse.Namespace, log: MetricsLogger) -> None:
-    saved = {**TRAJECTORY_ARG_DEFAULTS, **saved}  # checkpoints from before those flags hold their defaults
+    saved = saved_model_args(saved)  # checkpoints from before later flags hold their defaults
     names = (*MODEL_ARG_NAMES, *TRAJECTORY_ARG_DEFAULTS)
     diff = [k for k in names if k in saved and saved[k] != getattr(args, k)]
     if diff:

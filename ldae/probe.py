@@ -233,7 +233,7 @@ def _run_paper(args: argparse.Namespace, run: Any) -> tuple[Any, Dataset, Datase
     if args.batch_size > len(train_ds):
         raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(train_ds)} training images: pass a smaller batch")
 
-    extractor = FeatureExtractor.from_backbone(backbone, args.noisy_input).to(device)
+    extractor = FeatureExtractor.from_backbone(backbone, view=args.input_view).to(device)
     head: nn.Module = LinearHead(backbone.num_features, num_classes)
     if world > 1 and device.type == "cuda":  # statistics over the global batch, independent of the GPU count
         head = nn.SyncBatchNorm.convert_sync_batchnorm(head)
@@ -251,7 +251,7 @@ def _run_paper(args: argparse.Namespace, run: Any) -> tuple[Any, Dataset, Datase
     optimizer = build_lars(head, lr, args.momentum, args.weight_decay, args.trust_coeff)
     lr_schedule = cosine_schedule(lr, args.epochs, args.warmup_epochs, len(batches), args.min_lr)
     probe = ProbeModel(extractor, head)
-    run.print(describe_backbone(backbone, args.noisy_input))
+    run.print(describe_backbone(backbone, args.input_view))
     run.print(f"paper-mode probe: {len(train_ds)} train / {len(val_ds)} val images, {num_classes} classes, "
               f"batch {args.batch_size} ({world} x {per_rank // micro} x {micro}), lr {lr:.4g}, "
               f"{len(batches)} updates/epoch")
@@ -391,7 +391,7 @@ def main(args: argparse.Namespace) -> int:
                       f"{time.time() - start:.1f} s)", force=True)
             run.write_results({
                 "top1": res.top1, "top5": res.top5, "max_top1": res.max_top1, "mode": args.mode,
-                "noisy_input": args.noisy_input, "epochs": args.epochs, "batch_size": args.batch_size, "lr": res.lr,
+                "input_view": args.input_view, "epochs": args.epochs, "batch_size": args.batch_size, "lr": res.lr,
                 "blr": None if args.lr is not None else args.blr, "feature_dim": backbone.num_features,
                 **run.backbone_record(backbone), **run.data_record(train_ds, val_ds), "seconds": time.time() - start,
             })

@@ -125,7 +125,7 @@ def _data_name(args: dict[str, Any]) -> str:
 
 def _noise_config(model: LDAE, args: dict[str, Any], t: int) -> NoiseConfig:
     return NoiseConfig(
-        t=t, d=model.d, whiten=model.noise.whiten, noise_space=model.noise.space,
+        t=t, d=model.d, whiten=model.noise.whiten, latent_scale=model.noise.latent_scale, noise_space=model.noise.space,
         schedule=str(args.get("schedule", "linear_sigma")), num_levels=model.schedule.num_levels,
     )
 
@@ -171,7 +171,7 @@ def model_card(info: dict[str, Any]) -> str:
         f"- **Pretraining:** {info['epoch']} epochs ({info['step']} steps){', EMA weights' if info['ema'] else ''}"
         + (f"; {info['device']}" if info["device"] else "")
         + (f", {info['minutes']:.0f} min" if info["minutes"] is not None else ""),
-        f"- **Noise:** {noise['noise_space']} space, d = {noise['d']}, whiten = {noise['whiten']}, "
+        f"- **Noise:** {noise['noise_space']} space, d = {noise['d']}, latent scale {noise.get('latent_scale') or ('whiten' if noise['whiten'] else 'raw')}, "
         f"schedule {noise['schedule']} over {noise['num_levels']} levels; features at t = {noise['t']}",
         f"- **Input:** normalise with mean {list(info['mean'])}, std {list(info['std'])} "
         f"(the tokenizer's), resize + center crop to {info['img_size']} px",

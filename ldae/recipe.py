@@ -225,13 +225,13 @@ def _device_name(device: torch.device) -> str:
 # Cached features of both splits
 # ----------------------------------------------------------------------------------------------
 
-def describe_backbone(backbone: Any, noisy_input: bool = False) -> str:
-    """One line naming the backbone, its feature size, level t and preprocessing."""
+def describe_backbone(backbone: Any, view: str = "clean") -> str:
+    """One line naming the backbone, its feature size, level t, input view and preprocessing."""
     from .features import to_jsonable
 
     t = "" if backbone.t is None else f", t={backbone.t}"
     return (f"backbone {backbone.spec} ({backbone.source}, {backbone.num_features}-d features{t}"
-            f"{', noisy input' if noisy_input else ''}); input {to_jsonable(backbone.data_config)}")
+            f"{'' if view == 'clean' else f', {view} input'}); input {to_jsonable(backbone.data_config)}")
 
 
 def extract_split_features(args: argparse.Namespace, run: Run, train: Dataset, val: Dataset, batch_size: int = 256):
@@ -250,15 +250,15 @@ def extract_split_features(args: argparse.Namespace, run: Run, train: Dataset, v
     transform = create_transform(cfg["input_size"], is_training=False, interpolation=cfg["interpolation"],
                                  mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"],
                                  crop_mode=cfg.get("crop_mode", "center"))
-    extractor = FeatureExtractor.from_backbone(backbone, noisy_input=getattr(args, "noisy_input", False))
+    extractor = FeatureExtractor.from_backbone(backbone, view=getattr(args, "input_view", "clean"))
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "features"
-    run.print(describe_backbone(backbone, extractor.noise is not None))
+    run.print(describe_backbone(backbone, extractor.view))
     out = []
     for ds, split in ((train, args.train_split), (val, args.val_split)):
         ds.transform = transform  # type: ignore[attr-defined]
-        identity = {"backbone": backbone.identity, "noisy_input": extractor.noise is not None,
+        identity = {"backbone": backbone.identity, "input_view": extractor.view,
                     "amp": str(run.amp_dtype), **dataset_identity(args.data, split)}
-        if extractor.noise is not None:  # the noise draw depends on the seed and the number of processes
+        if extractor.view == "noisy":  # the noise draw depends on the seed and the number of processes
             identity.update(seed=args.seed, world_size=run.world_size)
         fs, path = cached_features(
             extractor, ds, to_jsonable(identity), cache_dir, name=f"{Path(str(backbone.spec)).name}-{split}",

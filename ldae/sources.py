@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import torch
 from safetensors import safe_open
 
-from .builder import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, build_model_from_args
+from .builder import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, build_model_from_args, saved_model_args
 from .checkpoint import model_from_checkpoint
 from .tokenizers import tokenizer_from_state_dict
 from .io import save_safetensors
@@ -76,13 +76,14 @@ def save_denoiser(model: LDAE, args: Mapping[str, Any], path: str | os.PathLike,
     ``args`` are the model flags it was built from (a checkpoint's ``args``; only
     :data:`ldae.builder.MODEL_ARG_NAMES` are kept).
     """
+    args = saved_model_args(args)
     missing = [k for k in MODEL_ARG_NAMES if k not in args]
     if missing:
         raise ValueError(f"save_denoiser: args lack the model flags {missing} (pass the checkpoint's args)")
     params = {name for name, _ in model.named_parameters()}  # buffers (PCA basis, pos_embed) stay exact
     sd = {k: (v.to(dtype) if k in params and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     kept = {k: args[k] for k in MODEL_ARG_NAMES}
-    kept.update({k: args.get(k, default) for k, default in TRAJECTORY_ARG_DEFAULTS.items()})  # older args lack them
+    kept.update({k: args[k] for k in TRAJECTORY_ARG_DEFAULTS})
     meta = {"format": DENOISER_FORMAT, "args": json.dumps(kept)}
     if model.tokenizer is not None:
         meta["tokenizer"] = json.dumps(model.tokenizer.metadata())

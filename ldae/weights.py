@@ -74,6 +74,12 @@ class NoiseConfig:
     noise_space: str = "latent"
     schedule: str = "linear_sigma"
     num_levels: int = 1000
+    latent_scale: str | None = None  # 'whiten' / 'raw' / 'global'; None (records before it): from ``whiten``
+
+    @property
+    def scale(self) -> str:
+        """The latent scale (:data:`ldae.noise.LATENT_SCALES`) this noise used."""
+        return self.latent_scale or ("whiten" if self.whiten else "raw")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "noise") -> "NoiseConfig":
@@ -396,11 +402,15 @@ def get_noise_transform(
     Returns a per-sample :class:`ldae.noise.AddLatentNoise` (normalised image (C, H, W) -> noisy image,
     at level ``t`` or a uniform random level when ``t`` is None), or with ``batched=True`` the
     batched :class:`ldae.noise.LatentNoise` module. ``overrides`` replace :class:`NoiseConfig` fields
-    (e.g. ``d=16``, ``whiten=False``) for ablation figures.
+    (e.g. ``d=16``, ``latent_scale='raw'``) for ablation figures.
     """
-    cfg = NoiseConfig.from_dict({**get_noise_config(name).to_dict(), **overrides}, where="get_noise_transform overrides")
+    base = get_noise_config(name).to_dict()
+    if "whiten" in overrides and "latent_scale" not in overrides:
+        base["latent_scale"] = None  # an explicit ``whiten`` decides the scale
+    cfg = NoiseConfig.from_dict({**base, **overrides}, where="get_noise_transform overrides")
     tokenizer = get_tokenizer(name) if cfg.noise_space == "latent" else None
-    noise = LatentNoise(tokenizer, cfg.d, whiten=cfg.whiten, space=cfg.noise_space, schedule=build_schedule(cfg.schedule, num_levels=cfg.num_levels))
+    noise = LatentNoise(tokenizer, cfg.d, latent_scale=cfg.scale, space=cfg.noise_space,
+                        schedule=build_schedule(cfg.schedule, num_levels=cfg.num_levels))
     if batched:
         return noise
     return AddLatentNoise(noise, t=t, generator=generator)

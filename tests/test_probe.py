@@ -12,6 +12,7 @@ from PIL import Image
 
 from ldae.engine_finetune import cosine_schedule, resolve_lr
 from ldae.features import FeatureExtractor, cached_features, create_backbone, load_features
+from ldae.noise import LatentNoise
 from ldae.probe import FeatureBatches, LinearHead, ProbeModel, build_lars, get_args_parser, main, train_probe_on_features
 from ldae.recipe import build_splits
 
@@ -109,6 +110,14 @@ def test_checkpoint_backbone_is_the_encoder_at_t(tmp_path):
     with torch.no_grad():
         x_t = model.noise(x, 50, generator=torch.Generator().manual_seed(3)).x_t
         torch.testing.assert_close(got, model.forward_features(x_t, 50), rtol=1e-4, atol=1e-5)
+    # Projected input: the image's top-d PCA projection (the training inputs' span), then the encoder.
+    projected = FeatureExtractor.from_backbone(bb, view="projected")
+    with torch.no_grad():
+        want = model.forward_features(model.tokenizer.project(x, model.d), 50)
+    torch.testing.assert_close(projected(x), want, rtol=1e-4, atol=1e-5)
+    assert projected.view == "projected" and FeatureExtractor.from_backbone(bb).view == "clean"
+    with pytest.raises(ValueError, match=r"input view must be one of \('clean', 'projected', 'noisy'\), got 'blurred'"):
+        FeatureExtractor.from_backbone(bb, view="blurred")
 
 
 def test_zoo_name_carries_its_level_and_noise():
@@ -131,6 +140,11 @@ def test_backbone_errors():
     assert bb.data_config["input_size"] == (3, 32, 32)  # the model's own size, not its cfg's 224
     with pytest.raises(ValueError, match="noisy input needs an l-DAE model"):
         FeatureExtractor.from_backbone(bb, noisy_input=True)
+    with pytest.raises(ValueError, match="projected input needs an l-DAE model"):
+        FeatureExtractor.from_backbone(bb, view="projected")
+    # a pixel-noise DAE has no tokenizer span to project onto
+    with pytest.raises(ValueError, match="'projected' input view needs a model pretrained with latent noise"):
+        FeatureExtractor(bb.model, LatentNoise(None, d=48, space="pixel"), t=10, view="projected")
     with pytest.raises(ValueError, match="unknown model 'no_such_model_xyz'"):
         create_backbone("no_such_model_xyz", pretrained=False)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):

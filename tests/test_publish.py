@@ -70,7 +70,7 @@ def test_folder_contents_and_model_card(exported):
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == ARCH and config["num_classes"] == 0
     assert config["pretrained_cfg"]["tag"] == "demo" and config["pretrained_cfg"]["mean"] == [0.5] * 3
-    assert config["ldae"]["noise"] == {"t": 10, "d": 16, "whiten": True, "noise_space": "latent", "schedule": "linear_sigma", "num_levels": 1000}
+    assert config["ldae"]["noise"] == {"t": 10, "d": 16, "whiten": True, "latent_scale": "whiten", "noise_space": "latent", "schedule": "linear_sigma", "num_levels": 1000}
     card = (out / "README.md").read_text()
     for text in ("library_name: timm", "| knn_top1 | 12.5 |", "ldae pretrain --model tiny_patch4_32", "1x H100, 3 min",
                  "timm.create_model('hf-hub:ldae-test/tiny', pretrained=True)", "## Caveats", "cifar10-jpeg.tar.gz", "arXiv:2401.14404"):
@@ -85,7 +85,7 @@ def test_local_dir_load_is_the_fixed_t_encoder(exported):
         assert torch.equal(m(x), export_to_timm(model, 10)(x))
         torch.testing.assert_close(m(x), model.forward_features(x, 10), rtol=0, atol=1e-5)
     assert torch.equal(ldae.get_tokenizer(f"local-dir:{out}").components, model.tokenizer.components)
-    assert ldae.get_noise_config(f"local-dir:{out}") == W.NoiseConfig(t=10, d=16)
+    assert ldae.get_noise_config(f"local-dir:{out}") == W.NoiseConfig(t=10, d=16, latent_scale="whiten")
 
 
 def test_hf_hub_cache_round_trip_offline(exported, tmp_path, monkeypatch):
@@ -132,7 +132,7 @@ def test_manifest_entry_releases_the_export(exported, tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(m(x), export_to_timm(model, 10)(x))
     assert ldae.get_tokenizer(name).num_patches == model.tokenizer.num_patches
-    assert ldae.get_noise_config(name) == W.NoiseConfig(t=10, d=16)
+    assert ldae.get_noise_config(name) == W.NoiseConfig(t=10, d=16, latent_scale="whiten")
 
 
 def test_reuses_a_shipped_tokenizer():
