@@ -25,7 +25,8 @@ from .io import atomic_path
 from .model import LDAE
 from .tokenizers import tokenizer_from_state_dict  # every tokenizer format (PCA, AE, VAE, pixel)
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "tokenizer_from_state_dict"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "tokenizer_from_state_dict",
+           "build_checked_model"]
 
 FORMAT = "ldae.checkpoint.v1"
 
@@ -52,10 +53,32 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, use_ema: bool = True) -> LDAE:
     """The :class:`LDAE` a checkpoint holds (EMA weights when present and ``use_ema``), in eval mode."""
+    where = "checkpoint" if isinstance(ckpt, dict) else str(ckpt)
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     tokenizer = tokenizer_from_state_dict(weights, ckpt.get("tokenizer"))
-    model = build_model_from_args(argparse.Namespace(**ckpt["args"]), tokenizer)
+    model = build_checked_model(ckpt["args"], weights, tokenizer, source=where)
     model.load_state_dict(weights, strict=True)
     return model.eval()
+
+
+def build_checked_model(args: dict[str, Any], weights: dict[str, torch.Tensor], tokenizer: Any, source: str) -> LDAE:
+    """The model ``args`` describe, built only after its parameter shapes matched ``weights``.
+
+    The shapes are read from a skeleton on the ``meta`` device (no memory), so stored args that ask
+    for another (e.g. huge) size than the tensors hold are refused before anything is allocated.
+    """
+    ns = argparse.Namespace(**args)
+    with torch.device("meta"):
+        skeleton = build_model_from_args(ns, tokenizer)
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    wrong = [k for k in want if k in got and want[k] != got[k]]
+    if missing or unexpected or wrong:
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+            ", ".join(f"{k}: args give {want[k]}, weights hold {got[k]}" for k in wrong[:3])) if part)
+        raise ValueError(f"{source}: its model args ({args.get('model')!r}) do not describe its weights ({detail})")
+    return build_model_from_args(ns, tokenizer)

@@ -12,6 +12,7 @@ import os
 import sys
 
 from . import __version__
+from .io import DiskFullError
 
 __all__ = ["main", "run", "SUBCOMMANDS", "EXAMPLES", "USER_ERRORS", "EXIT_USER_ERROR"]
 
@@ -62,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 # one line, exit 2. Anything else is a bug and keeps its traceback. LDAE_DEBUG=1 (or --debug before
 # the command) shows the traceback of user errors too.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                                                IsADirectoryError, PermissionError)
+                                                IsADirectoryError, PermissionError, DiskFullError)
 EXIT_USER_ERROR = 2
 
 
@@ -71,7 +72,11 @@ def _debug() -> bool:
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = str(e)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: the worker's own message is the last line
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    text = " ".join(text.split()) or type(e).__name__
     return text.strip("'\"") if isinstance(e, KeyError) else text
 
 

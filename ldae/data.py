@@ -33,6 +33,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from .image_decode import BAD_IMAGE_POLICIES, SKIP_HINT, BadImageError, decode_rgb, record_skip
+
 __all__ = [
     "IMG_EXTENSIONS", "ImageFolderDataset", "TarImageDataset", "ShardDataset",
     "build_dataset", "build_transform", "default_cache_dir", "expand_urls",
@@ -52,9 +54,6 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _decode_rgb(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB")
 
 
 def _seed_int(*parts: int) -> int:
@@ -212,12 +211,19 @@ def _norm_member(name: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 class _LabeledImages(Dataset):
-    """Shared ImageFolder-style surface; subclasses implement ``read_bytes``."""
+    """Shared ImageFolder-style surface; subclasses implement ``read_bytes`` and ``where``.
+
+    ``bad_images`` is the policy for unreadable files (:mod:`ldae.image_decode`): ``'error'`` stops
+    naming the file; ``'skip'`` returns the next readable image (and its label) in the dataset's order
+    instead, and appends the file's name to ``skip_record`` when set.
+    """
 
     classes: list[str]
     class_to_idx: dict[str, int]
     targets: list[int]
     transform: Transform | None
+    bad_images: str = "error"
+    skip_record: str | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -226,10 +232,24 @@ class _LabeledImages(Dataset):
         """Encoded file ``index`` and its lower-case extension without the dot (e.g. ``'jpeg'``)."""
         raise NotImplementedError
 
+    def where(self, index: int) -> str:
+        """The file of sample ``index`` as a user finds it: a path, or ``archive:member``."""
+        raise NotImplementedError
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        data, _ = self.read_bytes(index)
-        img = _decode_rgb(data)
-        return (self.transform(img) if self.transform is not None else img), self.targets[index]
+        n = len(self)
+        for k in range(n):
+            i = (index + k) % n
+            data, _ = self.read_bytes(i)
+            try:
+                img = decode_rgb(data, self.where(i))
+            except BadImageError as e:
+                if self.bad_images != "skip":
+                    raise BadImageError(f"{e}; {SKIP_HINT}") from None
+                record_skip(self.skip_record, self.where(i), e)
+                continue
+            return (self.transform(img) if self.transform is not None else img), self.targets[i]
+        raise BadImageError(f"none of the {n} images could be decoded (the first: {self.where(index)})")
 
 
 class ImageFolderDataset(_LabeledImages):
@@ -251,6 +271,9 @@ class ImageFolderDataset(_LabeledImages):
     def read_bytes(self, index: int) -> tuple[bytes, str]:
         p = self.samples[index][0]
         return Path(p).read_bytes(), p.rsplit(".", 1)[-1].lower()
+
+    def where(self, index: int) -> str:
+        return self.samples[index][0]
 
 
 @lru_cache(maxsize=8)
@@ -319,6 +342,9 @@ class TarImageDataset(_LabeledImages):
                           f"(expected {size} bytes at offset {off}, read {len(data)})")
         return data, self.samples[index][0].rsplit(".", 1)[-1].lower()
 
+    def where(self, index: int) -> str:
+        return f"{self.path}:{self.samples[index][0]}"
+
 
 def default_cache_dir() -> Path:
     """``$LDAE_CACHE`` if set, else ``~/.cache/ldae``."""
@@ -338,7 +364,8 @@ def extract_archive(path: str | Path, cache_dir: str | Path | None = None) -> Pa
     The folder is ``<cache_dir>/<name>-<sha256(path, size, mtime)[:16]>`` with ``cache_dir`` defaulting to
     ``default_cache_dir() / 'extracted'``. Extraction goes to a temporary sibling that is renamed into
     place, so an interrupted run leaves no half-extracted folder and concurrent runs agree on one copy.
-    Only regular files are written; members with absolute paths or ``..`` are refused.
+    Only regular image files are written (what the readers use), at most :func:`extract_limit` bytes and
+    what the disk holds; members with absolute paths or ``..`` are refused.
     """
     path = Path(path).resolve()
     st = path.stat()
@@ -363,16 +390,42 @@ def extract_archive(path: str | Path, cache_dir: str | Path | None = None) -> Pa
     return dest
 
 
+EXTRACT_RATIO = 100  # default cap on the extracted bytes, as a multiple of the archive's size
+EXTRACT_ENV = "LDAE_EXTRACT_MAX_BYTES"
+
+
+def extract_limit(archive: Path) -> int:
+    """The most bytes :func:`extract_archive` writes for ``archive``: ``$LDAE_EXTRACT_MAX_BYTES``, else
+    100x the archive's size (at least 64 MiB). Image data barely compresses, so more is a bomb."""
+    env = os.environ.get(EXTRACT_ENV)
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise ValueError(f"${EXTRACT_ENV} must be a number of bytes, got {env!r}") from None
+    return max(EXTRACT_RATIO * archive.stat().st_size, 64 << 20)
+
+
 def _extract_regular_files(archive: Path, out: Path) -> None:
+    """Write the archive's image members (the only files a reader uses) under ``out``, within the limits."""
     made: set[Path] = set()
+    limit, written = extract_limit(archive), 0
+    free = shutil.disk_usage(out).free
     # Streaming mode reads the gzip once front to back, the only efficient order for it.
     with tarfile.open(archive, mode="r|*") as tf:
         for m in tf:
-            if not m.isfile():
+            if not m.isfile() or not _is_image(posixpath.basename(m.name)):
                 continue
             name = _norm_member(m.name)
             if os.path.isabs(m.name) or name == ".." or name.startswith("../"):
                 raise ValueError(f"{archive}: refusing to extract member outside the target: {m.name!r}")
+            written += m.size
+            if written > limit:
+                raise ValueError(
+                    f"{archive}: its images exceed {limit:,} bytes extracted ({EXTRACT_RATIO}x the archive, or "
+                    f"${EXTRACT_ENV}) at member {m.name!r}: a decompression bomb, or set ${EXTRACT_ENV} to allow more")
+            if written > free:
+                raise OSError(f"{archive}: extracting needs more than the {free:,} bytes free in {out.parent}")
             target = out / name
             if target.parent not in made:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -384,7 +437,8 @@ def _extract_regular_files(archive: Path, out: Path) -> None:
 
 
 def build_dataset(path: str | Path, split: str | None = None, transform: Transform | None = None,
-                  *, cache_dir: str | Path | None = None) -> _LabeledImages:
+                  *, cache_dir: str | Path | None = None, bad_images: str = "error",
+                  skip_record: str | os.PathLike | None = None) -> _LabeledImages:
     """An ``(image, label)`` dataset over a folder, ``.tar`` or ``.tar.gz``/``.tgz`` archive.
 
     Layouts accepted (found automatically): ``<path>/<class>/<image>``, ``<path>/<split>/<class>/<image>``,
@@ -396,21 +450,29 @@ def build_dataset(path: str | Path, split: str | None = None, transform: Transfo
     * ``.tar``: :class:`TarImageDataset`, read in place by member offset.
     * ``.tar.gz``/``.tgz``: extracted once by :func:`extract_archive` into ``cache_dir``, then read as a folder.
 
+    ``bad_images`` / ``skip_record``: the policy for unreadable images (see :class:`_LabeledImages`).
+
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` (naming what was expected and
     what was found) for unknown splits, empty trees, images without class folders and unknown file types.
     """
+    if bad_images not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {bad_images!r}")
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"dataset path does not exist: {path} (expected a folder, .tar, .tar.gz or .tgz)")
-    if path.is_dir():
-        return ImageFolderDataset(path, split, transform)
+    ds: _LabeledImages
     lower = path.name.lower()
-    if lower.endswith((".tar.gz", ".tgz")):
-        return ImageFolderDataset(extract_archive(path, cache_dir), split, transform)
-    if lower.endswith(".tar"):
-        return TarImageDataset(path, split, transform)
-    raise ValueError(f"unsupported dataset file {path}: expected a folder, a .tar, or a .tar.gz/.tgz archive "
-                     f"(WebDataset shards are read with ShardDataset)")
+    if path.is_dir():
+        ds = ImageFolderDataset(path, split, transform)
+    elif lower.endswith((".tar.gz", ".tgz")):
+        ds = ImageFolderDataset(extract_archive(path, cache_dir), split, transform)
+    elif lower.endswith(".tar"):
+        ds = TarImageDataset(path, split, transform)
+    else:
+        raise ValueError(f"unsupported dataset file {path}: expected a folder, a .tar, or a .tar.gz/.tgz archive "
+                         f"(WebDataset shards are read with ShardDataset)")
+    ds.bad_images, ds.skip_record = bad_images, (str(skip_record) if skip_record is not None else None)
+    return ds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,11 +572,14 @@ class ShardDataset(IterableDataset):
         shuffle_buffer: samples held for shuffling; 0 disables all shuffling.
         seed: base seed for shard order and sample shuffling.
         rank, world_size: default to the process group, else ``RANK``/``WORLD_SIZE``, else 0/1.
+        bad_images, skip_record: the policy for unreadable images (see :class:`_LabeledImages`); a
+            skipped sample is left out of the stream.
     """
 
     def __init__(self, urls_or_pattern: str | Path | Sequence[str | Path], transform: Transform | None = None,
                  shuffle_buffer: int = 2000, seed: int = 0, *, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, bad_images: str = "error",
+                 skip_record: str | os.PathLike | None = None) -> None:
         super().__init__()
         self.urls = expand_urls(urls_or_pattern)
         missing = [u for u in self.urls if not os.path.isfile(u)]
@@ -525,6 +590,9 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"{len(self.urls)} shards cannot be split over {self.world_size} ranks: "
                              f"expected at least one shard per rank; write smaller shards")
         self.transform, self.shuffle_buffer, self.seed, self.epoch = transform, int(shuffle_buffer), int(seed), 0
+        if bad_images not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {bad_images!r}")
+        self.bad_images, self.skip_record = bad_images, (str(skip_record) if skip_record is not None else None)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -541,7 +609,7 @@ class ShardDataset(IterableDataset):
         if ext is None:
             raise ValueError(f"{shard}: sample {key!r} has no image member: expected one of "
                              f"{IMG_EXTENSIONS}, found extensions {sorted(parts)}")
-        img = _decode_rgb(parts[ext])
+        img = decode_rgb(parts[ext], f"{shard}:{key}.{ext}")
         label = int(parts["cls"].decode().strip()) if "cls" in parts else -1
         return (self.transform(img) if self.transform is not None else img), label
 
@@ -553,7 +621,14 @@ class ShardDataset(IterableDataset):
             rng = random.Random(_seed_int(self.seed, self.epoch, self.rank, wid))
             raw = _buffer_shuffle(raw, self.shuffle_buffer, rng)
         for shard, key, parts in raw:  # decode after shuffling: the buffer holds compact encoded bytes
-            yield self._sample(shard, key, parts)
+            try:
+                sample = self._sample(shard, key, parts)
+            except BadImageError as e:
+                if self.bad_images != "skip":
+                    raise BadImageError(f"{e}; {SKIP_HINT}") from None
+                record_skip(self.skip_record, f"{shard}:{key}", e)
+                continue
+            yield sample
 
 
 _PATTERN_ERR = "out_pattern needs one printf integer field like 'train-%06d.tar', got {!r}"

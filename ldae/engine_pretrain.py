@@ -182,6 +182,7 @@ class EpochContext:
     save: Callable[[int], None] | None = None  # called on every rank with the next step; losses checked first
     last_good_checkpoint: str | None = None
     validate: Callable[[torch.Tensor], None] | None = None  # checks the first micro-batches once (then cleared)
+    stop_requested: Callable[[], bool] | None = None  # e.g. a SIGTERM arrived (:class:`ldae.stop_signal.StopSignal`)
 
 
 class _Meter:
@@ -228,7 +229,7 @@ def train_one_epoch(
 ) -> bool:
     """Run the steps of ``epoch`` from ``state.step`` on; ``batches`` yields one list of micro-batches per step.
 
-    Returns True when the run must stop (``stop_at_step`` reached), False when the epoch finished.
+    Returns True when the run must stop (``stop_at_step`` reached, or a stop requested), False when the epoch finished.
     Raises :class:`NonFiniteLossError` (on every rank) as soon as a logged or checkpointed step sees a
     non-finite loss.
     """
@@ -252,7 +253,7 @@ def train_one_epoch(
         meter.add(loss)
         ctx.logger.advance()
         step = state.step
-        stop = ctx.stop_at_step is not None and step >= ctx.stop_at_step
+        stop = (ctx.stop_at_step is not None and step >= ctx.stop_at_step) or bool(ctx.stop_requested and ctx.stop_requested())
         if step % ctx.log_every == 0 or step == end_of_epoch or stop:
             if cuda:
                 torch.cuda.synchronize(cfg.device)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -403,9 +404,19 @@ def extract_features(
     return f_local.cpu(), y_local.cpu()
 
 
+def _content_hash(features: torch.Tensor, labels: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (features.float().contiguous(), labels.long().contiguous()):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_features(path: str | os.PathLike, fs: FeatureSet, metadata: dict[str, Any]) -> None:
-    """Write a :class:`FeatureSet` as safetensors (atomic), ``metadata`` kept as JSON."""
-    meta = {"format": FEATURES_FORMAT, "classes": json.dumps(fs.classes), "identity": json.dumps(metadata, sort_keys=True)}
+    """Write a :class:`FeatureSet` as safetensors (atomic), ``metadata`` kept as JSON, with the sha256 of
+    its tensors so a damaged file is never reused."""
+    meta = {"format": FEATURES_FORMAT, "classes": json.dumps(fs.classes), "identity": json.dumps(metadata, sort_keys=True),
+            "sha256": _content_hash(fs.features, fs.labels)}
     save_safetensors({"features": fs.features.float(), "labels": fs.labels.long()}, path, meta)
 
 
@@ -420,6 +431,10 @@ def load_features(path: str | os.PathLike) -> tuple[FeatureSet, dict[str, Any]]:
         fs = FeatureSet(f.get_tensor("features"), f.get_tensor("labels"), json.loads(meta["classes"]))
     if fs.features.ndim != 2 or fs.labels.shape != (fs.features.shape[0],):
         raise ValueError(f"{path}: expected features (N, D) and labels (N,), got {tuple(fs.features.shape)} and {tuple(fs.labels.shape)}")
+    if meta.get("sha256") != _content_hash(fs.features, fs.labels):
+        raise ValueError(f"{path}: the features do not match the sha256 they were saved with (damaged file)")
+    if not bool(torch.isfinite(fs.features).all()):
+        raise ValueError(f"{path}: the features hold NaN or infinite values")
     return fs, json.loads(meta["identity"])
 
 
@@ -449,9 +464,13 @@ def cached_features(
     path = Path(cache_dir) / f"{_slug(name)}-{key}.safetensors" if cache_dir is not None else None
     rank, _ = _rank_world()
     if path is not None and path.is_file() and not recompute:
-        fs, stored = load_features(path)
-        if json.loads(json.dumps(identity, sort_keys=True, default=str)) == stored:
-            return fs, path
+        try:
+            fs, stored = load_features(path)
+        except ValueError as e:  # damaged or foreign: computed again and overwritten
+            warnings.warn(f"not reusing the feature cache: {e}; computing the features again", stacklevel=2)
+        else:
+            if json.loads(json.dumps(identity, sort_keys=True, default=str)) == stored:
+                return fs, path
     feats, labels = extract_features(extractor, dataset, **extract_kwargs)
     fs = FeatureSet(feats, labels, classes)
     if path is not None and rank == 0:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from .image_decode import add_bad_images_arg
 from .io import sha256_file
 from .progress import progress
 from .patch_tokenizer import NORMS
@@ -54,6 +55,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the image subset and the patch draws")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes (do not change the result)")
+    add_bad_images_arg(parser)
     parser.add_argument("--device", default="cpu", help="device of the covariance accumulation (the result is float64 either way)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -97,7 +99,7 @@ def fit_from_args(args: argparse.Namespace) -> tuple[PatchPCA, dict[str, str]]:
     _check_args(args)
     mean, std = NORMS[args.norm]
     transform = build_transform(args.img_size, train=False, mean=mean, std=std, crop_pct=1.0, interpolation=args.interpolation)
-    dataset = build_dataset(args.data, args.split, transform)
+    dataset = build_dataset(args.data, args.split, transform, bad_images=args.bad_images)
     if args.max_images is not None and args.max_images < len(dataset):
         gen = torch.Generator().manual_seed(args.seed)
         dataset = Subset(dataset, sorted(torch.randperm(len(dataset), generator=gen)[: args.max_images].tolist()))

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .fit_pca import NORMS
+from .image_decode import add_bad_images_arg
 from .io import sha256_file
 from .patch_ae import PatchAE, PatchVAE
 from .pixel_tokenizer import PixelTokenizer
@@ -65,6 +66,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--max-patches", type=int, default=1 << 17, help="size of the patch bank trained on (default 131072)")
     g.add_argument("--batch-size", type=int, default=64, help="images per loader batch")
     g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes (do not change the result)")
+    add_bad_images_arg(g)
     g = parser.add_argument_group("training (ae / vae)")
     g.add_argument("--steps", type=int, default=3000, help="Adam steps")
     g.add_argument("--patch-batch", type=int, default=1024, help="patches per Adam step")
@@ -142,7 +144,7 @@ def fit_from_args(args: argparse.Namespace) -> tuple[PatchAE | PixelTokenizer, d
     from .data import build_dataset, build_transform
 
     transform = build_transform(args.img_size, train=False, mean=mean, std=std, crop_pct=1.0, interpolation=args.interpolation)
-    dataset = build_dataset(args.data, args.split, transform)
+    dataset = build_dataset(args.data, args.split, transform, bad_images=args.bad_images)
     gen = torch.Generator().manual_seed(args.seed)
     # A seeded order (and subset): the patch bank stops at --max-patches, so it must not hold only the first classes.
     order = torch.randperm(len(dataset), generator=gen)[: args.max_images].tolist()

@@ -30,6 +30,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .data import _dist_info, _seed_int, build_dataset
+from .image_decode import ImagePolicy
 
 __all__ = ["GPUAugment", "GPUBatchLoader", "load_uint8"]
 
@@ -83,7 +84,7 @@ def _collate(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
 def load_uint8(dataset_or_path: Dataset | str | Path, split: str | None = None, img_size: int | None = None,
                max_images: int | None = None, num_workers: int | None = None, *, batch_size: int = 256,
                seed: int = 0, cache_dir: str | Path | None = None,
-               device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+               device: torch.device | str | None = None, policy: ImagePolicy = ImagePolicy()) -> tuple[Tensor, Tensor]:
     """Decode a whole dataset once into memory.
 
     Args:
@@ -96,6 +97,7 @@ def load_uint8(dataset_or_path: Dataset | str | Path, split: str | None = None, 
             taking the first N would keep only the first classes of a class-sorted dataset.
         num_workers: DataLoader decode processes (default ``min(8, CPUs)``; 0 decodes in-process).
         device: move the result there (default: CPU).
+        policy: what to do with unreadable images (:class:`ldae.image_decode.ImagePolicy`).
 
     Returns:
         ``images`` uint8 ``(N, 3, H, W)`` and ``labels`` int64 ``(N,)``.
@@ -104,7 +106,7 @@ def load_uint8(dataset_or_path: Dataset | str | Path, split: str | None = None, 
 
     conv = _ToUint8(img_size)
     if isinstance(dataset_or_path, (str, Path)):
-        ds: Dataset = build_dataset(dataset_or_path, split, transform=conv, cache_dir=cache_dir)
+        ds: Dataset = build_dataset(dataset_or_path, split, transform=conv, cache_dir=cache_dir, **policy.kwargs())
     else:
         ds = _Mapped(dataset_or_path, conv)
     n = len(ds)  # type: ignore[arg-type]

@@ -6,8 +6,10 @@ folder, fsyncs it, then renames it over the target (atomic on POSIX).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +17,19 @@ from typing import Iterator
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["atomic_path", "save_safetensors", "sha256_file"]
+__all__ = ["atomic_path", "save_safetensors", "sha256_file", "DiskFullError"]
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space; the file it would have replaced is untouched."""
+
+
+def _write_failed_for_space(e: BaseException) -> bool:
+    text = str(e)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    # torch.save reports a failed write as "[enforce fail at inline_container.cc:...] ... file write failed"
+    return "No space left" in text or ("inline_container" in text and "write failed" in text)
 
 
 @contextlib.contextmanager
@@ -27,7 +41,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except (OSError, RuntimeError) as e:
+            if not _write_failed_for_space(e):
+                raise
+            tmp_path.unlink(missing_ok=True)  # free what the partial write took before measuring
+            free = shutil.disk_usage(path.parent).free
+            kept = "the previous file is kept" if path.exists() else "nothing was written"
+            full = DiskFullError(f"{path}: the write failed, the device is full ({free:,} bytes free in {path.parent}); {kept}")
+            full.errno = errno.ENOSPC
+            raise full from None
         # mkstemp (and writers that replace the file) leave 0600; use what open() would (0666 - umask).
         umask = os.umask(0)
         os.umask(umask)

@@ -29,6 +29,7 @@ from .checks import check_images
 from .checkpoint import load_checkpoint, save_checkpoint
 from .engine_pretrain import EpochContext, NonFiniteLossError, StepConfig, TrainState, train_one_epoch
 from .flops import measure_matmul_peak, model_train_flops
+from .image_decode import ImagePolicy, add_bad_images_arg, read_skipped
 from .io import atomic_path
 from .lr_sched import scaled_lr
 from .metrics_log import MetricsLogger
@@ -36,6 +37,7 @@ from .model import LDAE
 from .recipe import command_line, git_commit
 from .pretrain_data import GPUResidentData, LoaderData, PretrainData, ShardData, check_min_image_size
 from .size_spec import parse_model_spec
+from .stop_signal import StopSignal
 from .patch_tokenizer import NORMS
 from .tokenizer import PatchPCA
 from .tokenizers import Tokenizer, load_tokenizer, tokenizer_from_state_dict
@@ -43,6 +45,7 @@ from .tokenizers import Tokenizer, load_tokenizer, tokenizer_from_state_dict
 __all__ = ["get_args_parser", "main", "check_args", "resolve_batch", "NORMS", "LAST", "checkpoint_name"]
 
 LAST = "checkpoint-last.pth"
+SKIPPED_FILE = "skipped_images.txt"  # --bad-images skip: the unreadable files, one per line
 EXIT_NONFINITE = 3
 
 _EPILOG = """\
@@ -86,6 +89,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--hflip", action="store_true", help="random horizontal flips")
     g.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1), help="data loading processes per GPU")
     g.add_argument("--shuffle-buffer", type=int, default=5000, help="samples in the shuffle buffer of --data-shards")
+    add_bad_images_arg(g, f"; listed in <output-dir>/{SKIPPED_FILE} and counted in run.json")
 
     g = parser.add_argument_group("tokenizer")
     g.add_argument("--tokenizer", default=None, help="tokenizer artifact: a patch PCA from `ldae fit-pca` (or a patch AE / "
@@ -227,8 +231,9 @@ def _norm_name(mean: tuple[float, ...], std: tuple[float, ...]) -> str | None:
 
 
 def _build_data(args: argparse.Namespace, env: dist.DistEnv, img_size: int, mean, std, batch: int, accum: int) -> PretrainData:
+    record = str(Path(args.output_dir) / SKIPPED_FILE) if args.bad_images == "skip" else None
     common = dict(batch_size=batch, accum=accum, seed=args.seed, device=env.device, crop=args.crop, hflip=args.hflip,
-                  scale=tuple(args.crop_scale), num_workers=args.num_workers)
+                  scale=tuple(args.crop_scale), num_workers=args.num_workers, policy=ImagePolicy(args.bad_images, record))
     if args.data_shards is not None:
         urls: Any = args.data_shards.split(",") if "," in args.data_shards and "{" not in args.data_shards else args.data_shards
         return ShardData(urls, img_size, mean, std, epoch_samples=args.epoch_samples, world_size=env.world_size,
@@ -433,23 +438,30 @@ def _run(args: argparse.Namespace, env: dist.DistEnv, size: Any, batch: int, acc
         log.info(f"nothing to do: the run is complete ({state.step} of {total_steps} steps)")
     log.start(total_steps, state.step)
     gen = torch.Generator(device=env.device)
-    while state.step < total_steps:
-        epoch, start = divmod(state.step, spe)
-        stopped = train_one_epoch(state, net, data.batches(epoch, start), cfg, ctx, epoch, gen, ddp)
-        done = state.step // spe
-        if stopped or done % args.last_every_epochs == 0 or state.step == total_steps:
-            save(LAST)
-        if not stopped and (done % args.save_every_epochs == 0 or state.step == total_steps):
-            save(checkpoint_name(done))
-        if stopped:
-            log.info(f"stopped after step {state.step} (--stop-at-step); continue with --resume auto")
-            break
+    with StopSignal(env.world_size, env.device) as stop:  # SIGTERM / Ctrl-C: finish the step, save, exit
+        ctx.stop_requested = stop.requested
+        while state.step < total_steps:
+            epoch, start = divmod(state.step, spe)
+            stopped = train_one_epoch(state, net, data.batches(epoch, start), cfg, ctx, epoch, gen, ddp)
+            done = state.step // spe
+            if stopped or done % args.last_every_epochs == 0 or state.step == total_steps:
+                save(LAST)
+            if state.step % spe == 0 and (done % args.save_every_epochs == 0 or state.step == total_steps):
+                save(checkpoint_name(done))
+            if stopped:
+                why = f"by {stop.name}" if stop.signum is not None else "(--stop-at-step)"
+                message = f"stopped {why} after step {state.step}; {out / LAST} written; continue with --resume auto"
+                if stop.signum is not None and not log.console and env.is_main:  # said even under --quiet
+                    print(message, file=sys.stderr, flush=True)
+                log.info(message)
+                break
+    _report_skipped(args, env, out, log)
     if state.step >= total_steps:
         last = out / checkpoint_name(total_steps // spe)
         log.info(f"done: {total_steps} steps; checkpoint {last}. next: ldae export {last} --out {out / 'export'} --denoiser  "
                  f"|  ldae probe --mode cached --model {last} --data {args.data or '<images>'}")
     dist.barrier()
-    return 0
+    return 128 + stop.signum if stop.signum is not None else 0
 
 
 def _wrap_ddp(model: torch.nn.Module, env: dist.DistEnv) -> torch.nn.parallel.DistributedDataParallel:
@@ -460,6 +472,19 @@ def _wrap_ddp(model: torch.nn.Module, env: dist.DistEnv) -> torch.nn.parallel.Di
     # Newer torch renames the flag (and deprecates the old name); older torch only knows the old one.
     no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters else {"broadcast_buffers": False}
     return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None, **no_sync)
+
+
+def _report_skipped(args: argparse.Namespace, env: dist.DistEnv, out: Path, log: MetricsLogger) -> None:
+    """With ``--bad-images skip``: the number of unreadable images replaced, in the log and run.json."""
+    if args.bad_images != "skip" or not env.is_main:
+        return
+    skipped = read_skipped(out / SKIPPED_FILE)
+    if skipped:
+        log.info(f"skipped {len(skipped)} unreadable image(s), each replaced by the next readable one; listed in {out / SKIPPED_FILE}")
+    info = json.loads((out / "run.json").read_text())
+    info["skipped_images"] = len(skipped)
+    with atomic_path(out / "run.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
 
 
 def _jsonable_args(args: argparse.Namespace) -> dict[str, Any]:

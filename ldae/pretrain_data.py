@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .data import ShardDataset, build_dataset, build_transform
 from .gpu_data import GPUAugment, load_uint8
+from .image_decode import ImagePolicy
 from .sampler import GlobalBatchSampler, SeededSamples, mix_seed
 
 __all__ = ["PretrainData", "LoaderData", "GPUResidentData", "ShardData", "check_min_image_size"]
@@ -68,11 +69,12 @@ class LoaderData:
         self, path: str, split: str | None, img_size: int, mean: Sequence[float], std: Sequence[float], *,
         batch_size: int, accum: int, rank: int, world_size: int, seed: int, device: torch.device,
         crop: str = "center", hflip: bool = False, scale: tuple[float, float] = (0.2, 1.0), num_workers: int = 8,
+        policy: ImagePolicy = ImagePolicy(),
     ) -> None:
         self.path, self.split, self.img_size, self.mean, self.std = path, split, img_size, tuple(mean), tuple(std)
-        self.accum, self.device, self.num_workers = accum, device, num_workers
+        self.accum, self.device, self.num_workers, self.policy = accum, device, num_workers, policy
         transform = build_transform(img_size, True, mean, std, crop=crop, hflip=hflip, scale=scale)
-        self.dataset = SeededSamples(build_dataset(path, split, transform), seed)
+        self.dataset = SeededSamples(build_dataset(path, split, transform, **policy.kwargs()), seed)
         self.sampler = GlobalBatchSampler(len(self.dataset), batch_size, accum, rank=rank, world_size=world_size, seed=seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.loader = DataLoader(
@@ -86,7 +88,7 @@ class LoaderData:
         return _group(images, self.accum, self.steps_per_epoch - start_step)
 
     def fit_batches(self, max_images: int, seed: int = 0, batch_size: int = 128) -> Iterable[torch.Tensor]:
-        ds = build_dataset(self.path, self.split, build_transform(self.img_size, False, self.mean, self.std))
+        ds = build_dataset(self.path, self.split, build_transform(self.img_size, False, self.mean, self.std), **self.policy.kwargs())
         if max_images < len(ds):
             keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:max_images]
             ds = Subset(ds, sorted(keep.tolist()))
@@ -122,9 +124,9 @@ class GPUResidentData:
 
     @classmethod
     def from_path(cls, path: str, split: str | None, img_size: int, mean: Sequence[float], std: Sequence[float], *,
-                  num_workers: int = 8, **kwargs) -> "GPUResidentData":
+                  num_workers: int = 8, policy: ImagePolicy = ImagePolicy(), **kwargs) -> "GPUResidentData":
         """Decode a folder / tar / tar.gz once (shorter side resized, center-cropped to ``img_size``)."""
-        images, _ = load_uint8(path, split, img_size=img_size, num_workers=num_workers)
+        images, _ = load_uint8(path, split, img_size=img_size, num_workers=num_workers, policy=policy)
         return cls(images, img_size, mean, std, **kwargs)
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[list[torch.Tensor]]:
@@ -152,11 +154,12 @@ class ShardData:
         self, urls: str, img_size: int, mean: Sequence[float], std: Sequence[float], *, epoch_samples: int,
         batch_size: int, accum: int, world_size: int, seed: int, device: torch.device, crop: str = "center",
         hflip: bool = False, scale: tuple[float, float] = (0.2, 1.0), num_workers: int = 8, shuffle_buffer: int = 5000,
+        policy: ImagePolicy = ImagePolicy(),
     ) -> None:
         self.urls, self.img_size, self.mean, self.std = urls, img_size, tuple(mean), tuple(std)
-        self.batch_size, self.accum, self.device, self.num_workers = batch_size, accum, device, num_workers
+        self.batch_size, self.accum, self.device, self.num_workers, self.policy = batch_size, accum, device, num_workers, policy
         transform = build_transform(img_size, True, mean, std, crop=crop, hflip=hflip, scale=scale)
-        self.dataset = ShardDataset(urls, transform, shuffle_buffer=shuffle_buffer, seed=seed)
+        self.dataset = ShardDataset(urls, transform, shuffle_buffer=shuffle_buffer, seed=seed, **policy.kwargs())
         global_batch = batch_size * accum * world_size
         if epoch_samples < global_batch:
             raise ValueError(f"--epoch-samples {epoch_samples} is smaller than one global batch of {global_batch}")
@@ -174,7 +177,8 @@ class ShardData:
         return _group(self._stream(epoch, start_step), self.accum, self.steps_per_epoch - start_step)
 
     def fit_batches(self, max_images: int, seed: int = 0, batch_size: int = 128) -> Iterable[torch.Tensor]:
-        ds = ShardDataset(self.urls, build_transform(self.img_size, False, self.mean, self.std), shuffle_buffer=0, rank=0, world_size=1)
+        ds = ShardDataset(self.urls, build_transform(self.img_size, False, self.mean, self.std), shuffle_buffer=0, rank=0,
+                          world_size=1, **self.policy.kwargs())
         loader = DataLoader(ds, batch_size=batch_size, num_workers=self.num_workers)
         seen = 0
         for x, _ in loader:

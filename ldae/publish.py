@@ -28,6 +28,7 @@ import torch
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .configs import SIZES
 from .export import timm_arch, export_encoder_state_dict
+from .export_checksums import write_checksums
 from .io import sha256_file
 from .model import LDAE
 from .tokenizer import DIT_NORM, PatchPCA
@@ -298,11 +299,13 @@ def export_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
             from .onnx_export import export_onnx
 
             export_onnx(timm.create_model(f"local-dir:{tmp}", pretrained=True).float(), tmp / EXPORT_ONNX_FILE)
+        write_checksums(tmp)  # the self-check below loads the folder as a user would, checksums verified
         info["check_max_abs_diff"] = _self_check(model, tmp, t, args.dtype)
         info["manifest_entry"] = None
         if not overrides:  # weights/ releases the registered sizes (a manifest cfg cannot carry model args)
             info["manifest_entry"] = _manifest_entry(info, tmp, tok)
             (tmp / "manifest_entry.json").write_text(json.dumps(info["manifest_entry"], indent=2) + "\n")
+        write_checksums(tmp)  # again: manifest_entry.json is new
         _normal_permissions(tmp)
         if out.exists():
             shutil.rmtree(out)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .dist import barrier, destroy_distributed, init_distributed, seed_everything
+from .image_decode import add_bad_images_arg
 from .io import atomic_path
 
 __all__ = ["Run", "add_data_args", "add_runtime_args", "add_checkpoint_args", "build_splits", "extract_split_features",
@@ -39,6 +40,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=None,
                    help="expected number of classes (checked against the class folders; default: what they hold)")
     g.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
+    add_bad_images_arg(g)
     return parser
 
 
@@ -75,15 +77,16 @@ def build_splits(
     """
     from .data import build_dataset
 
-    train = build_dataset(args.data, args.train_split, train_transform)
+    policy = {"bad_images": getattr(args, "bad_images", "error")}
+    train = build_dataset(args.data, args.train_split, train_transform, **policy)
     if args.val_split is not None:
-        val = build_dataset(args.data, args.val_split, val_transform)
+        val = build_dataset(args.data, args.val_split, val_transform, **policy)
         val_split = args.val_split
     else:
         val, val_split, errors = None, None, []
         for name in ("val", "test"):
             try:
-                val, val_split = build_dataset(args.data, name, val_transform), name
+                val, val_split = build_dataset(args.data, name, val_transform, **policy), name
                 break
             except ValueError as e:
                 errors.append(str(e))

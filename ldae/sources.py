@@ -93,14 +93,21 @@ def save_denoiser(model: LDAE, args: Mapping[str, Any], path: str | os.PathLike,
 
 def load_denoiser_file(path: str | os.PathLike) -> LDAE:
     """The :class:`LDAE` of a denoiser file (float32, eval mode)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != DENOISER_FORMAT:
-            raise ValueError(f"{path}: not an l-DAE denoiser file (expected format {DENOISER_FORMAT!r}, got {meta.get('format')!r})")
-        sd = {k: f.get_tensor(k) for k in f.keys()}
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"denoiser file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()} if meta.get("format") == DENOISER_FORMAT else {}
+    except Exception as e:  # safetensors' own error names no file
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    if meta.get("format") != DENOISER_FORMAT:
+        raise ValueError(f"{path}: not an l-DAE denoiser file (expected format {DENOISER_FORMAT!r}, got {meta.get('format')!r})")
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # stored maybe in half precision
     tok_meta = json.loads(meta["tokenizer"]) if "tokenizer" in meta else None
-    model = build_model_from_args(argparse.Namespace(**json.loads(meta["args"])), tokenizer_from_state_dict(sd, tok_meta))
+    from .checkpoint import build_checked_model
+
+    model = build_checked_model(json.loads(meta["args"]), sd, tokenizer_from_state_dict(sd, tok_meta), source=str(path))
     model.load_state_dict(sd, strict=True)
     return model.eval()
 

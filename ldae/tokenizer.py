@@ -8,6 +8,7 @@ the normalisation (per-channel mean/std) the basis was fitted under is stored wi
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Iterable, Sequence
 
@@ -16,9 +17,39 @@ import torch
 from .io import save_safetensors
 from .patch_tokenizer import DIT_NORM, IMAGENET_NORM, PatchTokenizer, patchify, sample_image_patches, unpatchify
 
-__all__ = ["PatchPCA", "PatchCovariance", "patchify", "unpatchify", "DIT_NORM", "IMAGENET_NORM"]
+__all__ = ["PatchPCA", "PatchCovariance", "patchify", "unpatchify", "validate_pca_tensors", "DIT_NORM", "IMAGENET_NORM"]
 
 FORMAT = "ldae.patch_pca.v1"
+ORTHONORMAL_TOL = 1e-3  # max |V V^T - I| of a stored basis (a float32 copy of a float64 fit is ~1e-6)
+
+
+def validate_pca_tensors(components: torch.Tensor, eigenvalues: torch.Tensor, mean: torch.Tensor,
+                         norm_std: Sequence[float], source: str) -> None:
+    """Refuse a stored patch PCA that would give silently wrong latents, naming ``source``.
+
+    Checks: floating dtypes, finite values, an orthonormal basis (within :data:`ORTHONORMAL_TOL`),
+    eigenvalues >= 0 and in decreasing order (the top-d truncation relies on it), and a positive,
+    finite pixel std.
+    """
+    for name, t in (("components", components), ("eigenvalues", eigenvalues), ("mean", mean)):
+        if not t.is_floating_point():
+            raise ValueError(f"{source}: {name} must be floating point, got {t.dtype}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{source}: {name} holds NaN or infinite values")
+    v = components.double()
+    err = float((v @ v.T - torch.eye(v.shape[0], dtype=torch.float64)).abs().max()) if v.numel() else 0.0
+    if err > ORTHONORMAL_TOL:
+        raise ValueError(f"{source}: the components are not an orthonormal basis (max |V V^T - I| = {err:.3g}, "
+                         f"allowed {ORTHONORMAL_TOL:g})")
+    ev = eigenvalues.double()
+    scale = max(1.0, float(ev.abs().max())) if ev.numel() else 1.0
+    if ev.numel() and float(ev.min()) < -1e-6 * scale:
+        raise ValueError(f"{source}: eigenvalues must be >= 0, the smallest is {float(ev.min()):.3g}")
+    if ev.numel() > 1 and float((ev[1:] - ev[:-1]).max()) > 1e-6 * scale:
+        raise ValueError(f"{source}: eigenvalues must be in decreasing order (components sorted by variance)")
+    std = [float(x) for x in norm_std]
+    if not all(math.isfinite(x) and x > 0 for x in std):
+        raise ValueError(f"{source}: norm_std must be positive and finite, got {std}")
 
 
 class PatchCovariance:
@@ -210,6 +241,7 @@ class PatchPCA(PatchTokenizer):
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a patch-PCA artifact (expected format {FORMAT!r}, got {meta.get('format')!r})")
         tensors = {k: tensors[k] for k in ("components", "eigenvalues", "mean")}
+        validate_pca_tensors(**tensors, norm_std=json.loads(meta["norm_std"]), source=str(path))
         return cls(
             **tensors,
             patch_size=int(meta["patch_size"]),

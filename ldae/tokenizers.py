@@ -34,7 +34,7 @@ from safetensors import safe_open
 from .patch_ae import PatchAE, PatchVAE
 from .pixel_tokenizer import PixelTokenizer
 from .tokenizer import FORMAT as PCA_FORMAT
-from .tokenizer import PatchPCA
+from .tokenizer import PatchPCA, validate_pca_tensors
 
 __all__ = [
     "Tokenizer", "TOKENIZER_FORMATS", "TOKENIZER_KINDS", "load_tokenizer", "tokenizer_from_state_dict",
@@ -115,6 +115,8 @@ def _from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], source
         missing = [k for k in ("components", "eigenvalues", "mean") if k not in tensors]
         if missing:
             raise ValueError(f"{source}: patch-PCA tensors {missing} are missing")
+        validate_pca_tensors(tensors["components"], tensors["eigenvalues"], tensors["mean"],
+                             json.loads(meta["norm_std"]), source)
         return PatchPCA(
             tensors["components"], tensors["eigenvalues"], tensors["mean"],
             patch_size=int(meta["patch_size"]), in_chans=int(meta["in_chans"]),

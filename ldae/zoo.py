@@ -15,6 +15,7 @@ entry plus its file. Architectures without a released tag get an ``untrained`` c
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -22,6 +23,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from .configs import SIZES, ModelSize
 from .export import vit_kwargs
+from .export_checksums import verify_export
 from .tokenizer import DIT_NORM
 from .weights import ARCH_PREFIX, CUSTOM_ARCH, CUSTOM_DEFAULT_SIZE, UNTRAINED_TAG, Manifest, load_manifest, no_weights_message, verify_file
 
@@ -123,7 +125,7 @@ def _resolve_cfg(variant: str, pretrained: bool, pretrained_cfg: Any, overlay: d
     Dict cfgs (from ``hf-hub:`` / ``local-dir:`` exports) pass through to timm unchanged.
     """
     if pretrained_cfg is not None and not isinstance(pretrained_cfg, str):
-        return pretrained_cfg
+        return _verified_export_cfg(pretrained_cfg, pretrained)
     manifest = load_manifest()
     tags = manifest.tags(variant)
     tag = pretrained_cfg or (tags[0] if tags else UNTRAINED_TAG)
@@ -138,6 +140,23 @@ def _resolve_cfg(variant: str, pretrained: bool, pretrained_cfg: Any, overlay: d
     entry = manifest.weights[name]
     path = verify_file(manifest.path(entry), entry.sha256, entry.bytes, name)
     return pretrained_cfg_for(name, manifest, file=str(path))
+
+
+def _verified_export_cfg(cfg: Any, pretrained: bool) -> Any:
+    """An ``hf-hub:`` / ``local-dir:`` export's cfg, after its files matched the export's SHA256SUMS."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    if not pretrained:
+        return cfg
+    if get("source") == "local-dir" and get("file"):
+        folder = Path(get("file"))
+        verify_export(f"local-dir:{folder}", lambda f: folder / f)
+    elif get("hf_hub_id"):
+        from huggingface_hub import hf_hub_download
+
+        repo, revision = get("hf_hub_id"), get("hf_hub_revision")
+        verify_export(f"hf-hub:{repo}", lambda f: Path(hf_hub_download(repo, f, revision=revision)),
+                      only=("config.json", "model.safetensors"))
+    return cfg
 
 
 def _create_ldae_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
@@ -163,7 +182,7 @@ def _create_ldae_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> V
 def _custom_cfg(size: ModelSize, pretrained: bool, pretrained_cfg: Any, overlay: dict | None) -> Any:
     """An export folder's cfg passes through; otherwise the untrained cfg at this shape's input size."""
     if pretrained_cfg is not None and not isinstance(pretrained_cfg, str):
-        return pretrained_cfg
+        return _verified_export_cfg(pretrained_cfg, pretrained)
     if pretrained and not any((overlay or {}).get(k) for k in _SOURCE_KEYS):
         raise RuntimeError(no_weights_message(f"{CUSTOM_ARCH}.{UNTRAINED_TAG}"))
     return _cfg(CUSTOM_ARCH, size, tag=UNTRAINED_TAG)

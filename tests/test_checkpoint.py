@@ -52,3 +52,31 @@ def test_refuses_foreign_and_truncated_files(tmp_path):
         load_checkpoint(tmp_path / "cut.pth")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_args_asking_for_another_size_are_refused_before_any_allocation(tmp_path, monkeypatch):
+    tok = PatchPCA.fit([_images()], patch_size=4)
+    model = build_model_from_args(_args(), tok)
+    huge = "custom:img=16,patch=4,dim=8192,enc=24,dec=24,heads=32,d=6"  # 39B parameters: 150 GiB in float32
+    path = tmp_path / "small_weights_huge_args.pth"
+    save_checkpoint(dict(model=model.state_dict(), ema=None, args={**vars(_args()), "model": huge}, tokenizer=tok.metadata(),
+                         step=0, epoch=0), path)
+    assert path.stat().st_size < 2_000_000
+    real_build = build_model_from_args
+    sizes = []
+
+    def build_and_record(args, tokenizer):  # only skeletons on the meta device may be built for the huge size
+        m = real_build(args, tokenizer)
+        sizes.append(next(m.parameters()).device.type)
+        return m
+
+    monkeypatch.setattr("ldae.checkpoint.build_model_from_args", build_and_record)
+    with pytest.raises(ValueError, match=rf"{path}: its model args \('custom:img=16,patch=4,dim=8192.*do not describe its weights "
+                                         r"\(.*args give \(1, 16, 8192\), weights hold \(1, 16, 32\)"):
+        model_from_checkpoint(path)
+    assert sizes == ["meta"]
+    wrong = dict(model.state_dict())
+    wrong.pop("blocks.0.attn.qkv.weight")
+    save_checkpoint(dict(model=wrong, ema=None, args=vars(_args()), tokenizer=tok.metadata(), step=0, epoch=0), path)
+    with pytest.raises(ValueError, match=r"missing \['blocks.0.attn.qkv.weight'\]"):
+        model_from_checkpoint(path)

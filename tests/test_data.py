@@ -263,6 +263,45 @@ def test_extract_refuses_paths_outside_target(tmp_path):
     assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # temporary folder cleaned up
 
 
+class _Zeros(io.RawIOBase):
+    """A stream of n zero bytes, so a big member costs no memory to write."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+def _bomb(path: Path, members: list[tuple[str, int]]) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for name, size in members:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tf.addfile(info, io.BufferedReader(_Zeros(size)))
+    return path
+
+
+def test_extract_writes_only_images_within_a_size_cap(tmp_path, monkeypatch):
+    # a 256 MB non-image member (about 250 KB compressed) is never written: readers use images only
+    archive = _bomb(tmp_path / "a.tar.gz", [("d/train/c/blob.bin", 1 << 28), ("d/train/c/x.jpg", 10)])
+    assert archive.stat().st_size < 1 << 20
+    out = extract_archive(archive, tmp_path / "cache")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["d/train/c/x.jpg"]
+    # image members beyond 100x the archive's size stop the extraction, naming the archive
+    bomb = _bomb(tmp_path / "b.tar.gz", [("d/train/c/big.jpg", 200 << 20)])
+    with pytest.raises(ValueError, match=rf"{bomb}: its images exceed 67,108,864 bytes extracted .* at member 'd/train/c/big.jpg'"):
+        extract_archive(bomb, tmp_path / "cache")
+    monkeypatch.setenv("LDAE_EXTRACT_MAX_BYTES", str(300 << 20))  # the user's explicit allowance
+    assert (extract_archive(bomb, tmp_path / "cache") / "d/train/c/big.jpg").stat().st_size == 200 << 20
+
+
 # ----------------------------------------------------------------------------------------------
 # WebDataset shards
 # ----------------------------------------------------------------------------------------------

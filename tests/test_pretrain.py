@@ -185,6 +185,57 @@ def test_sigkill_mid_step_or_mid_save_then_resume(cifar_root, tok, straight_10, 
     assert_same_state(load_checkpoint(tmp_path / LAST), load_checkpoint(straight_10 / LAST))
 
 
+SIGNALLER = r"""
+import os, signal, sys, torch
+at, sig = int(sys.argv[1]), getattr(signal, sys.argv[2])
+calls = [0]
+orig_step = torch.optim.AdamW.step
+def step(self, *a, **k):  # the signal arrives in the middle of optimizer step `at`
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), sig)
+    return orig_step(self, *a, **k)
+torch.optim.AdamW.step = step
+from ldae.cli import run
+sys.exit(run("pretrain", sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_sigterm_finishes_the_step_saves_and_resumes_exactly(cifar_root, tok, straight_10, tmp_path, sig):
+    args = argv(cifar_root, tmp_path, "--stop-at-step", 10, "--save-every-steps", 4, tokenizer=tok)
+    proc = subprocess.run([sys.executable, "-c", SIGNALLER, "7", sig, *args], env=subprocess_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + getattr(signal, sig), proc.stderr[-3000:]
+    assert f"stopped by {sig} after step 7; {tmp_path / LAST} written; continue with --resume auto" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert load_checkpoint(tmp_path / LAST)["step"] == 7  # the step in flight finished and was saved
+    assert run(args + ["--resume", "auto"]) == 0
+    assert_same_state(load_checkpoint(tmp_path / LAST), load_checkpoint(straight_10 / LAST))
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(cifar_root, tok, straight_10, tmp_path,
+                                                                                  monkeypatch, capsys):
+    from ldae.cli import run as cli_run
+
+    good = tmp_path / LAST
+    good.write_bytes((straight_10 / LAST).read_bytes())
+    digest = hashlib.sha256(good.read_bytes()).hexdigest()
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):  # what torch.save raises when the device fills up mid-write
+        real_save(obj, f, *a, **k)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert cli_run("pretrain", argv(cifar_root, tmp_path, "--resume", "auto", "--save-every-steps", 2, tokenizer=tok)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"ldae pretrain: error: {good}: the write failed, the device is full (")
+    assert err[-1].endswith(f"bytes free in {tmp_path}); the previous file is kept")
+    assert hashlib.sha256(good.read_bytes()).hexdigest() == digest
+    assert not list(tmp_path.glob(".checkpoint-*.tmp"))
+
+
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(cifar_root, tok, straight_10, tmp_path, capsys):
     good = tmp_path / LAST
     good.write_bytes((straight_10 / LAST).read_bytes())

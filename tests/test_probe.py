@@ -171,6 +171,27 @@ def test_feature_cache_round_trip_and_identity(tmp_path):
     assert torch.equal(loaded.features, fs.features) and identity["backbone"] == "a" and identity["num_images"] == 10
 
 
+
+def test_damaged_feature_cache_is_refused_and_recomputed(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ds = [(torch.randn(3, 32, 32), i % 3) for i in range(6)]
+    ext = FeatureExtractor(_tiny_vit())
+    fs, path = cached_features(ext, ds, {"backbone": "a"}, tmp_path, name="x", batch_size=3, num_workers=0)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["features"][2, 5] = float("nan")  # a damaged file, its metadata intact
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ValueError, match=rf"{path}: the features do not match the sha256 they were saved with"):
+        load_features(path)
+    with pytest.warns(UserWarning, match="not reusing the feature cache"):
+        again, _ = cached_features(ext, ds, {"backbone": "a"}, tmp_path, name="x", batch_size=3, num_workers=0)
+    assert torch.equal(again.features, fs.features) and torch.isfinite(load_features(path)[0].features).all()
+
+
 # ---------------------------------------------------------------------------- the probe on features
 def test_planted_linearly_separable_features_reach_100():
     g = torch.Generator().manual_seed(0)

@@ -65,7 +65,8 @@ def test_export_has_normal_permissions(exported):
 
 def test_folder_contents_and_model_card(exported):
     model, out = exported
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "manifest_entry.json", "model.safetensors", "tokenizer.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "SHA256SUMS", "config.json", "manifest_entry.json",
+                                                     "model.safetensors", "tokenizer.safetensors"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".export.")]  # no temporary folder left behind
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == ARCH and config["num_classes"] == 0
@@ -88,6 +89,31 @@ def test_local_dir_load_is_the_fixed_t_encoder(exported):
     assert ldae.get_noise_config(f"local-dir:{out}") == W.NoiseConfig(t=10, d=16, latent_scale="whiten")
 
 
+def test_checksums_list_every_file_and_a_flipped_bit_is_refused(exported, tmp_path):
+    from ldae.export_checksums import read_checksums
+    from ldae.io import sha256_file
+
+    _, out = exported
+    sums = read_checksums(out / "SHA256SUMS")
+    assert sorted(sums) == sorted(p.name for p in out.iterdir() if p.name != "SHA256SUMS")
+    assert all(sums[name] == sha256_file(out / name) for name in sums)
+    bad = tmp_path / "tampered"
+    shutil.copytree(out, bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-3] ^= 0x01  # one bit of one weight
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(W.WeightsIntegrityError, match=rf"local-dir:{bad}: model.safetensors does not match its sha256 in SHA256SUMS"):
+        timm.create_model(f"local-dir:{bad}", pretrained=True)
+    timm.create_model(f"local-dir:{bad}", pretrained=False)  # the architecture alone reads no weights
+    (bad / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    (bad / "SHA256SUMS").write_text((out / "SHA256SUMS").read_text().replace(sums["README.md"], "0" * 64))
+    with pytest.raises(W.WeightsIntegrityError, match="README.md does not match"):
+        timm.create_model(f"local-dir:{bad}", pretrained=True)
+    (bad / "SHA256SUMS").unlink()  # an export from before checksums: loads, with a warning
+    with pytest.warns(UserWarning, match="no SHA256SUMS"):
+        timm.create_model(f"local-dir:{bad}", pretrained=True)
+
+
 def test_hf_hub_cache_round_trip_offline(exported, tmp_path, monkeypatch):
     import huggingface_hub.constants as C
 
@@ -101,6 +127,12 @@ def test_hf_hub_cache_round_trip_offline(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
     m = timm.create_model("hf-hub:ldae-test/tiny", pretrained=True).eval()
     x = torch.randn(2, 3, 32, 32)
+    snap = repo / "snapshots" / commit
+    good = (snap / "model.safetensors").read_bytes()
+    (snap / "model.safetensors").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(W.WeightsIntegrityError, match="hf-hub:ldae-test/tiny: model.safetensors does not match"):
+        timm.create_model("hf-hub:ldae-test/tiny", pretrained=True)
+    (snap / "model.safetensors").write_bytes(good)
     with torch.no_grad():
         assert torch.equal(m(x), export_to_timm(model, 10)(x))
     assert m.pretrained_cfg["hf_hub_id"] == "ldae-test/tiny"
@@ -195,7 +227,7 @@ def test_push_uploads_the_whole_folder_once(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     export(tmp_path, exported[1].parent / "checkpoint.pth", "--tag", "demo", "--repo-id", "org/name", "--push", "--private")
     assert calls[1:] == [("create_repo", "org/name", True),
-                         ("upload_folder", "org/name", ["README.md", "config.json", "manifest_entry.json", "model.safetensors", "tokenizer.safetensors"])]
+                         ("upload_folder", "org/name", ["README.md", "SHA256SUMS", "config.json", "manifest_entry.json", "model.safetensors", "tokenizer.safetensors"])]
 
 
 def test_denoiser_export_rebuilds_the_whole_model(tmp_path):
