@@ -10,7 +10,6 @@ a released backbone (:mod:`ldae.zoo`) is only the encoder folded at one level t.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any, Mapping
 import torch
 from safetensors import safe_open
 
-from .builder import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, build_model_from_args, saved_model_args
-from .checkpoint import model_from_checkpoint
+from .builder import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, saved_model_args
+from .checkpoint import build_checked_model, model_from_checkpoint
 from .tokenizers import tokenizer_from_state_dict
 from .io import save_safetensors
 from .model import LDAE
@@ -105,8 +104,6 @@ def load_denoiser_file(path: str | os.PathLike) -> LDAE:
         raise ValueError(f"{path}: not an l-DAE denoiser file (expected format {DENOISER_FORMAT!r}, got {meta.get('format')!r})")
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # stored maybe in half precision
     tok_meta = json.loads(meta["tokenizer"]) if "tokenizer" in meta else None
-    from .checkpoint import build_checked_model
-
     model = build_checked_model(json.loads(meta["args"]), sd, tokenizer_from_state_dict(sd, tok_meta), source=str(path))
     model.load_state_dict(sd, strict=True)
     return model.eval()

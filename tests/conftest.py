@@ -13,6 +13,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors run faster on one thread (modules that train tiny models use it for all their tests)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``<repo>/../shared/data``, or skip when this checkout has no shared data next to it."""

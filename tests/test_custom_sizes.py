@@ -26,12 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 CUSTOM = "custom:img=32,patch=4,dim=48,enc=2,dec=1,heads=3,d=8"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -44,13 +44,7 @@ def _doc_rows() -> list[tuple[str, str, int | None, int | None, list[str]]]:
 ROWS = _doc_rows()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: extra threads only add synchronisation (a lot of it on a busy 2-core runner)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_doc_table_lists_every_trajectory_row():
