@@ -69,19 +69,19 @@ def rows_for(depth: int, d: int) -> list[Row]:
         Row("pixel_noise", ("--noise-space", "pixel"), "noise space", "pixel-noise DAE (all 192 dims)"),
         Row("random_init", (), "control", "random init (same architecture)", train=False),
         Row("single_level", ("--schedule", "single"), "noise levels", "single level, sigma = sqrt(1/3)"),
+        Row("default_seed1", ("--seed", "1"), "default", "l-DAE default, seed 1"),
+        Row("raw_scale", ("--latent-scale", "raw"), "latent scale", "raw PCA coordinates"),
+        Row("global_scale", ("--latent-scale", "global"), "latent scale", "one global scale (unit average variance)"),
         Row("d4", ("--d", "4"), "latent dim", "d = 4"),
         Row("d8", ("--d", "8"), "latent dim", "d = 8"),
         Row("d32", ("--d", "32"), "latent dim", "d = 32"),
         Row("d64", ("--d", "64"), "latent dim", "d = 64"),
-        Row("default_seed1", ("--seed", "1"), "default", "l-DAE default, seed 1"),
-        Row("raw_scale", ("--latent-scale", "raw"), "latent scale", "raw PCA coordinates"),
-        Row("global_scale", ("--latent-scale", "global"), "latent scale", "one global scale (unit average variance)"),
-        Row(f"enc{q}", ("--enc-depth", str(q)), "encoder split", f"encoder {q} of {depth} blocks (1/4)"),
-        Row(f"enc{depth - q}", ("--enc-depth", str(depth - q)), "encoder split", f"encoder {depth - q} of {depth} blocks (3/4)"),
         Row("default_projected", (), "probe input", "default row, probe on the top-d projection", train=False,
             view="projected", of="default"),
         Row("default_noisy", (), "probe input", "default row, probe on the noisy image (t = 10)", train=False,
             view="noisy", of="default"),
+        Row(f"enc{q}", ("--enc-depth", str(q)), "encoder split", f"encoder {q} of {depth} blocks (1/4)"),
+        Row(f"enc{depth - q}", ("--enc-depth", str(depth - q)), "encoder split", f"encoder {depth - q} of {depth} blocks (3/4)"),
     ]
 
 
@@ -100,6 +100,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-batch", type=int, default=1024)
     p.add_argument("--probe-blr", type=float, default=10.0)
     p.add_argument("--rows", default=None, help="run only these rows (comma-separated names), e.g. for a quick check")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no new pretraining once the rows done have used this many minutes (their recorded training "
+                        "and evaluation time); the rows left out are listed as not run")
     p.add_argument("--device", default="cpu")
     return p
 
@@ -272,6 +275,8 @@ def readme_table(summary: dict[str, Any]) -> str:
         flags = f"`{r['flags']}`" if r["flags"] else ("`--input-view " + r["input_view"] + "`" if r["input_view"] != "clean" else "")
         mins = f"{r['train_minutes']:.1f}" if r["train_minutes"] and r["input_view"] == "clean" else "-"
         lines.append(f"| {r['label']} | {flags} | {r['images_seen']:,} | {mins} | {r['probe_top1']:.2f}% | {r['knn_top1']:.2f}% |")
+    if summary.get("not_run"):
+        lines += ["", f"Not run within `--max-minutes {summary['max_minutes']:g}`: {', '.join(summary['not_run'])}."]
     lines += ["", "| claim | paper | probe: margin (seed spread) | k-NN: margin (seed spread) |", "|---|---|---|---|"]
     for c in summary["claims"]:
         p, k = c["probe_top1"], c["knn_top1"]
@@ -327,7 +332,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sweep.work.mkdir(parents=True, exist_ok=True)
     start = time.time()
     results: dict[str, dict[str, Any]] = {}
+    not_run: list[str] = []
     for row in wanted:
+        used = sum(r["train_minutes"] * (r["input_view"] == "clean") + r["eval_seconds"] / 60 for r in results.values())
+        done = (sweep.work / row.name / "result.json").is_file()
+        if row.train and not done and args.max_minutes is not None and used >= args.max_minutes:
+            not_run.append(row.name)
+            print(f"{row.name:18s} not run: {used:.1f} of --max-minutes {args.max_minutes:g} used", flush=True)
+            continue
         res = sweep.row_result(row)
         results[row.name] = res
         print(f"{row.name:18s} {res['images_seen']:>8,} images {res['train_minutes']:6.1f} min  probe {res['probe_top1']:6.2f}  "
@@ -342,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_minutes_this_invocation": round((time.time() - start) / 60, 1),
         "total_minutes": round(sum(r["train_minutes"] for r in results.values() if r["input_view"] == "clean")
                                + sum(r["eval_seconds"] for r in results.values()) / 60, 1),
-        "rows": list(results.values()), "claims": claims(results),
+        "rows": list(results.values()), "not_run": not_run, "max_minutes": args.max_minutes, "claims": claims(results),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

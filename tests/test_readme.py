@@ -59,6 +59,7 @@ def _bench_module(name: str):
     path = README.parent / "bench" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -87,6 +88,18 @@ def test_trained_weights_table_is_the_committed_run():
     # The card's and manifest's metrics are the same measurement.
     entry = ldae.weights.load_manifest().weights["ldae_vit_micro_patch4_32.cifar10"]
     assert entry.metrics["cached_probe_top1"] == record["curve"][-1]["probe_top1"]
+
+
+def test_claims_table_is_the_committed_sweep():
+    import json
+
+    record = json.loads((README.parent / "bench" / "results" / "claims_cifar10_cpu.json").read_text())
+    sweep = _bench_module("sweep_claims")
+    assert [r["name"] for r in record["rows"]] == [r.name for r in sweep.rows_for(8, 16)]  # every row, one run
+    assert record["command"].startswith("python bench/sweep_claims.py") and "--rows" not in record["command"]
+    trained = {r["images_seen"] for r in record["rows"] if r["name"] != "random_init"}
+    assert len(trained) == 1  # equal budget
+    assert _block("claims-table") == sweep.readme_table(record)
 
 
 def _prose(text: str) -> str:
