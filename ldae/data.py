@@ -238,6 +238,9 @@ class _LabeledImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         n = len(self)
+        if not -n <= index < n:  # also ends plain iteration over the dataset
+            raise IndexError(f"index {index} out of range for {n} images")
+        index %= n
         for k in range(n):
             i = (index + k) % n
             data, _ = self.read_bytes(i)

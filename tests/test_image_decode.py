@@ -130,3 +130,11 @@ def test_pretrain_stops_naming_the_file_or_skips_and_counts(tmp_path):
     assert json.loads((tmp_path / "skip" / "run.json").read_text())["skipped_images"] == 1
     assert read_skipped(tmp_path / "skip" / "skipped_images.txt") == [str(bad)]
     assert f"skipping an unreadable image: {bad}: corrupt image" in r.stderr  # named even under --quiet
+
+
+def test_indexing_stays_a_sequence_with_the_skip_policy(tmp_path):
+    ds = build_dataset(_folder(tmp_path, {"zz.jpg": b""}), "train", bad_images="skip")
+    assert len(list(iter(ds))) == len(ds) == 9  # plain iteration ends: out-of-range indices raise IndexError
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    assert ds[-1][1] == ds[len(ds) - 1][1] == 1
