@@ -37,13 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ldae.io import atomic_path  # noqa: E402
+from ldae.io import atomic_write_text  # noqa: E402
 from ldae.recipe import git_commit  # noqa: E402
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
-
 
 DEFAULT_MODEL = "custom:img=32,patch=8,dim=192,enc=4,dec=4,heads=3,d=16"
 

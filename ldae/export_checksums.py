@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from .io import atomic_path, sha256_file
+from .io import atomic_write_text, sha256_file
 
 __all__ = ["CHECKSUM_FILE", "write_checksums", "read_checksums", "verify_export"]
 
@@ -26,8 +26,7 @@ def write_checksums(folder: str | os.PathLike) -> Path:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE)
     lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in files]
     out = folder / CHECKSUM_FILE
-    with atomic_path(out) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n")
+    atomic_write_text(out, "\n".join(lines) + "\n")
     return out
 
 

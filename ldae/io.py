@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["atomic_path", "save_safetensors", "sha256_file", "DiskFullError"]
+__all__ = ["atomic_path", "atomic_write_text", "save_safetensors", "sha256_file", "DiskFullError"]
 
 
 class DiskFullError(OSError):
@@ -68,6 +68,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:

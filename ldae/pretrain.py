@@ -30,7 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .engine_pretrain import EpochContext, NonFiniteLossError, StepConfig, TrainState, train_one_epoch
 from .flops import measure_matmul_peak, model_train_flops
 from .image_decode import ImagePolicy, add_bad_images_arg, read_skipped
-from .io import atomic_path
+from .io import atomic_write_text
 from .lr_sched import scaled_lr
 from .metrics_log import MetricsLogger
 from .model import LDAE
@@ -483,8 +483,7 @@ def _report_skipped(args: argparse.Namespace, env: dist.DistEnv, out: Path, log:
         log.info(f"skipped {len(skipped)} unreadable image(s), each replaced by the next readable one; listed in {out / SKIPPED_FILE}")
     info = json.loads((out / "run.json").read_text())
     info["skipped_images"] = len(skipped)
-    with atomic_path(out / "run.json") as tmp:
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
 
 
 def _jsonable_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -499,8 +498,7 @@ def _write_run_info(args: argparse.Namespace, env: dist.DistEnv, out: Path, info
     record = {"command": command_line(), "args": _jsonable_args(args), **info, "commit": git_commit(),
               "torch": torch.__version__, "timm": timm.__version__,
               "device": device_name(env.device)}
-    with atomic_path(out / "run.json") as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / "run.json", json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
