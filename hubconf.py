@@ -5,4 +5,4 @@ Every ``ldae_vit_*`` architecture is an entrypoint taking ``pretrained`` and any
 """
 dependencies = ["torch", "timm", "safetensors", "huggingface_hub"]
 
-from ldae.hub import *  # noqa: E402,F401,F403
+from ldae.models.hub import *  # noqa: E402,F401,F403

@@ -16,7 +16,7 @@ busier moment of the machine hits every variant alike), the training step of:
   decoder), width and token count, a per-patch linear head and an MSE loss, bf16, with timm's
   default (SDPA) attention and with the explicit path.
 
-Each step is :func:`ldae.engine_pretrain.train_step` (AdamW, the real noise, network and Eq. 4 loss
+Each step is :func:`ldae.engine.pretrain_loop.train_step` (AdamW, the real noise, network and Eq. 4 loss
 for l-DAE). The matmul peaks (fp32 and bf16 2048^3, and bf16 at the model's own MLP shape) are
 measured in the same run; ``peak_fraction`` = analytic training FLOPs x img/s / bf16 2048^3 peak.
 ``--compile`` also times ``torch.compile`` of the l-DAE bf16 step for the first size, compile time
@@ -43,13 +43,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 import timm  # noqa: E402
 
 from bench_pretrain import TimmMSE  # noqa: E402
-from ldae.amp import cpu_flags, device_name, set_fused_attention  # noqa: E402
-from ldae.engine_pretrain import StepConfig, TrainState, train_step  # noqa: E402
-from ldae.flops import model_train_flops, vit_mse_train_flops  # noqa: E402
-from ldae.model import LDAE  # noqa: E402
-from ldae.recipe import git_commit  # noqa: E402
-from ldae.size_spec import parse_model_spec  # noqa: E402
-from ldae.tokenizer import PatchPCA  # noqa: E402
+from ldae.utils.amp import cpu_flags, device_name, set_fused_attention  # noqa: E402
+from ldae.engine.pretrain_loop import StepConfig, TrainState, train_step  # noqa: E402
+from ldae.models.flops import model_train_flops, vit_mse_train_flops  # noqa: E402
+from ldae.models.ldae import LDAE  # noqa: E402
+from ldae.eval.run import git_commit  # noqa: E402
+from ldae.models.size_spec import parse_model_spec  # noqa: E402
+from ldae.tokenizers.pca import PatchPCA  # noqa: E402
 
 DEFAULT_SIZES = ("custom:img=32,patch=4,dim=64,enc=2,dec=2,heads=2,d=16", "custom:img=32,patch=4,dim=128,enc=4,dec=4,heads=4,d=16",
                  "micro_patch4_32",

@@ -11,8 +11,8 @@ Two configurations, each in eager and compiled mode, in one process on one devic
 * ``cifar``: the CIFAR-scale l-DAE (``tiny_patch4_32``) vs its timm twin, plus the end-to-end step
   with the images resident on the GPU as uint8 and random-resized-crop + flip on the GPU.
 
-The l-DAE step is the training script's own :func:`ldae.engine_pretrain.train_step` (noise, adaLN
-network, Eq. 4 loss, optimizer). MFU = analytic FLOPs (:mod:`ldae.flops`) x img/s over the peak of
+The l-DAE step is the training script's own :func:`ldae.engine.pretrain_loop.train_step` (noise, adaLN
+network, Eq. 4 loss, optimizer). MFU = analytic FLOPs (:mod:`ldae.models.flops`) x img/s over the peak of
 a bf16 8192^3 matmul measured in the same run. Targets of the project: l-DAE-B >= 1.15x the compiled
 timm baseline (>= 54% MFU), CIFAR end to end >= 20k img/s.
 """
@@ -38,14 +38,14 @@ sys.path.insert(0, str(ROOT))
 import timm  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
-from ldae.configs import ModelSize, get_size  # noqa: E402
-from ldae.engine_pretrain import StepConfig, TrainState, train_step  # noqa: E402
-from ldae.flops import measure_matmul_peak, mfu, model_train_flops, vit_mse_train_flops  # noqa: E402
-from ldae.model import LDAE  # noqa: E402
-from ldae.pretrain_data import GPUResidentData  # noqa: E402
-from ldae.recipe import git_commit  # noqa: E402
-from ldae.size_spec import parse_model_spec  # noqa: E402
-from ldae.tokenizer import DIT_NORM, PatchPCA, patchify  # noqa: E402
+from ldae.models.sizes import ModelSize, get_size  # noqa: E402
+from ldae.engine.pretrain_loop import StepConfig, TrainState, train_step  # noqa: E402
+from ldae.models.flops import measure_matmul_peak, mfu, model_train_flops, vit_mse_train_flops  # noqa: E402
+from ldae.models.ldae import LDAE  # noqa: E402
+from ldae.data.pretrain_data import GPUResidentData  # noqa: E402
+from ldae.eval.run import git_commit  # noqa: E402
+from ldae.models.size_spec import parse_model_spec  # noqa: E402
+from ldae.tokenizers.pca import DIT_NORM, PatchPCA, patchify  # noqa: E402
 
 TARGETS = {"base_ldae_over_timm_compiled": 1.15, "base_ldae_compiled_mfu": 0.54, "cifar_end_to_end_img_per_s": 20000.0}
 SMOKE_SIZE = "custom:img=32,patch=4,dim=32,enc=1,dec=1,heads=2,d=8"
@@ -121,7 +121,7 @@ def bench_model(
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, **({"fused": True} if cuda else {}))
     state = TrainState(model, opt)
     cfg = StepConfig(accum=1, base_lr=1e-4, total_steps=10**9, warmup_steps=0, amp_dtype=amp, device=device)
-    if compiled and hasattr(model, "schedule"):  # as ldae.pretrain does: no recompile when the cache fills
+    if compiled and hasattr(model, "schedule"):  # as ldae.engine.pretrain does: no recompile when the cache fills
         model.schedule.lookup(torch.zeros(1, dtype=torch.long, device=device), check=False)
     net = torch.compile(model, mode=compile_mode) if compiled else model
     gen = torch.Generator(device=device)

@@ -5,7 +5,7 @@
     python bench/bench_probe.py --features train.safetensors --val-features test.safetensors   # real cached features
 
 What is timed is exactly ``ldae probe --mode cached`` after its features are cached:
-:func:`ldae.probe.train_probe_on_features` (features moved to the device once, the BatchNorm + linear
+:func:`ldae.eval.probe.train_probe_on_features` (features moved to the device once, the BatchNorm + linear
 head, timm's LARS, the per-update warmup + cosine schedule, an evaluation every epoch). By default the
 features are synthetic, 50,000 x 384 training and 10,000 x 384 evaluation features of 10 planted
 classes (the timing does not depend on their values); ``--features`` takes files that ``ldae probe``
@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 import timm  # noqa: E402
 
-from ldae.features import load_features  # noqa: E402
-from ldae.io import atomic_path  # noqa: E402
-from ldae.probe import train_probe_on_features  # noqa: E402
-from ldae.recipe import git_commit  # noqa: E402
+from ldae.eval.features import load_features  # noqa: E402
+from ldae.utils.io import atomic_path  # noqa: E402
+from ldae.eval.probe import train_probe_on_features  # noqa: E402
+from ldae.eval.run import git_commit  # noqa: E402
 
 TARGET_S = {"cuda": 60.0, "cpu": 300.0}
 

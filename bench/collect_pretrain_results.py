@@ -21,8 +21,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ldae.metrics_log import read_jsonl  # noqa: E402
-from ldae.recipe import git_commit  # noqa: E402
+from ldae.engine.metrics_log import read_jsonl  # noqa: E402
+from ldae.eval.run import git_commit  # noqa: E402
 
 
 def _result(folder: Path, recipe: str) -> dict[str, Any]:

@@ -7,7 +7,8 @@ with one thread: ``ldae fit-pca``, ``ldae pretrain`` (a tiny custom size, 2 epoc
 ``ldae export --denoiser``, ``ldae probe --mode cached``, ``ldae knn`` and one epoch of
 ``ldae finetune``. It writes the sha256 of every tensor those write (file metadata such as the commit
 and paths is left out) and the reported accuracies. Run it before and after a change and compare the
-two JSON files: equal fingerprints mean bit-identical outputs.
+two JSON files (with the same ``--work``: results record their paths): equal fingerprints mean
+bit-identical outputs. ``--compare A B`` prints what differs between two fingerprint files.
 """
 from __future__ import annotations
 
@@ -73,6 +74,14 @@ def flatten(obj, prefix=""):
     return out
 
 
+def _without_file_hashes(obj):
+    """A record without the sha256 of files: safetensors writes its metadata in an order that varies
+    from run to run, so a file's bytes (not its tensors, fingerprinted separately) differ between runs."""
+    if isinstance(obj, dict):
+        return {k: _without_file_hashes(v) for k, v in obj.items() if k != "sha256"}
+    return obj
+
+
 def run(cmd: list[str], env: dict[str, str]) -> None:
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env)
@@ -113,7 +122,7 @@ def main() -> int:
     fp["checkpoint"] = tensor_digest(flatten({k: ck[k] for k in ("model", "ema", "optimizer")}))
     fp["export"] = tensor_digest(load_file(exp / "model.safetensors"))
     fp["denoiser"] = tensor_digest(load_file(exp / "denoiser.safetensors"))
-    fp["export_config"] = json.loads((exp / "config.json").read_text())
+    fp["export_config"] = _without_file_hashes(json.loads((exp / "config.json").read_text()))
     for name in ("probe", "knn", "finetune"):
         d = runs / name
         fp[name] = {f.name: json.loads(f.read_text()) for f in sorted(d.glob("*.json")) if "results" in f.name}

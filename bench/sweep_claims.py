@@ -37,8 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ldae.io import atomic_write_text  # noqa: E402
-from ldae.recipe import git_commit  # noqa: E402
+from ldae.utils.io import atomic_write_text  # noqa: E402
+from ldae.eval.run import git_commit  # noqa: E402
 
 DEFAULT_MODEL = "custom:img=32,patch=8,dim=192,enc=4,dec=4,heads=3,d=16"
 
@@ -126,7 +126,7 @@ class Sweep:
     def tokenizer(self) -> Path:
         path = self.work / "pca.safetensors"
         if not path.is_file():
-            from ldae.size_spec import parse_model_spec
+            from ldae.models.size_spec import parse_model_spec
 
             patch = parse_model_spec(self.args.model).patch_size
             size = parse_model_spec(self.args.model).img_size
@@ -201,18 +201,21 @@ def write_initial_checkpoint(pretrain_argv: list[str], path: Path) -> None:
     """The checkpoint ``ldae pretrain`` would start from (same flags, same seed), untrained."""
     import torch
 
-    from ldae.builder import build_model_from_args
-    from ldae.checkpoint import save_checkpoint
-    from ldae.pretrain import _jsonable_args, _norm_name, _tokenizer_norm, get_args_parser
-    from ldae.tokenizers import load_tokenizer
+    from ldae.models.model_config import build_model
+    from ldae.engine.checkpoint import save_checkpoint
+    from ldae.cli.configs import to_config
+    from ldae.cli.pretrain import get_args_parser
+    from ldae.engine.pretrain import _norm_name, _tokenizer_norm
+    from ldae.engine.pretrain_config import PretrainConfig
+    from ldae.tokenizers.registry import load_tokenizer
 
-    args = get_args_parser().parse_args(pretrain_argv)
+    args = to_config(PretrainConfig, get_args_parser().parse_args(pretrain_argv))
     tokenizer = load_tokenizer(args.tokenizer)
     args.norm = _norm_name(*_tokenizer_norm(args, tokenizer)) or args.norm  # as `ldae pretrain` records it
     torch.manual_seed(args.seed)  # as `ldae pretrain` seeds before building the model
-    model = build_model_from_args(args, tokenizer)
+    model = build_model(args, tokenizer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({"model": model.state_dict(), "ema": None, "epoch": 0, "step": 0, "args": _jsonable_args(args),
+    save_checkpoint({"model": model.state_dict(), "ema": None, "epoch": 0, "step": 0, "args": args.to_dict(),
                      "tokenizer": tokenizer.metadata()}, path)
 
 
@@ -315,8 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     import torch
 
-    from ldae.amp import device_name
-    from ldae.size_spec import parse_model_spec
+    from ldae.utils.amp import device_name
+    from ldae.models.size_spec import parse_model_spec
 
     size = parse_model_spec(args.model)
     sweep = Sweep(args, Path(args.work), size.depth, size.default_d)

@@ -7,11 +7,11 @@
 
 * a pretraining checkpoint (``.pth``) or a denoiser file (``.safetensors``): the whole model, decoder
   included, continues;
-* a released tag: it ships the encoder folded at one t, which :func:`ldae.warm_start.init_encoder_from_vit`
+* a released tag: it ships the encoder folded at one t, which :func:`ldae.models.warm_start.init_encoder_from_vit`
   unfolds exactly (the encoder computes the release at every t); the decoder starts fresh.
 
 The loop is the pretraining objective itself, ``loss = model(images)`` (latent noise, denoising,
-Eq. 4), with AdamW and no weight decay as in the paper. It writes an ``ldae.checkpoint`` that
+Eq. 4), with AdamW and no weight decay as in the paper. It writes an ``ldae.engine.checkpoint`` that
 ``ldae export``, ``ldae probe --model`` and ``ldae figures denoise --model`` read. For long runs and
 many GPUs, ``ldae pretrain`` is the tool.
 """
@@ -27,16 +27,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import ldae  # noqa: F401  (registers the ldae_vit_* models with timm)
-from ldae.builder import build_model_from_args
-from ldae.checkpoint import save_checkpoint
-from ldae.configs import SIZES
-from ldae.data import build_transform
-from ldae.model import LDAE
-from ldae.samples import find_images
-from ldae.size_spec import format_model_spec
-from ldae.sources import load_denoiser, released_tags
-from ldae.warm_start import init_encoder_from_vit
-from ldae.weights import ARCH_PREFIX, get_noise_config, get_tokenizer
+from ldae.models.model_config import build_model
+from ldae.engine.checkpoint import save_checkpoint
+from ldae.models.sizes import SIZES
+from ldae.data.folders import build_transform
+from ldae.models.ldae import LDAE
+from ldae.data.samples import find_images
+from ldae.models.size_spec import format_model_spec
+from ldae.release.denoiser import load_denoiser, released_tags
+from ldae.models.warm_start import init_encoder_from_vit
+from ldae.release.manifest import ARCH_PREFIX, get_noise_config, get_tokenizer
 
 
 class Images(Dataset):
@@ -61,7 +61,7 @@ def build_from_release(tag: str) -> tuple[LDAE, dict]:
     args = dict(model=size, d=noise.d, latent_scale=noise.scale, noise_space=noise.noise_space, schedule=noise.schedule,
                 tail_weight=0.1, enc_depth=None, cond_ratio=0.25, num_levels=noise.num_levels)
     tokenizer = get_tokenizer(tag) if noise.noise_space == "latent" else None
-    model = build_model_from_args(argparse.Namespace(**args), tokenizer)
+    model = build_model(args, tokenizer)
     init_encoder_from_vit(model, timm.create_model(tag, pretrained=True))
     return model, args
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _args_of(model: LDAE) -> dict:
-    """The model flags that rebuild ``model`` (see ldae.builder.MODEL_ARG_NAMES): a registered size (with
+    """The model flags that rebuild ``model`` (see ldae.models.model_config.MODEL_ARG_NAMES): a registered size (with
     its encoder split) keeps its name, any other size is written as its inline ``custom:`` spec."""
     size = next((name for name, s in SIZES.items() if dataclasses.replace(s, enc_depth=model.enc_depth,
                                                                           dec_depth=s.depth - model.enc_depth) == model.size),

@@ -17,8 +17,8 @@ import torch
 from timm.data import create_transform, resolve_model_data_config
 
 import ldae  # noqa: F401  (registers the ldae_vit_* models with timm)
-from ldae.samples import find_images, sample_images
-from ldae.sources import released_tags
+from ldae.data.samples import find_images, sample_images
+from ldae.release.denoiser import released_tags
 
 
 def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:

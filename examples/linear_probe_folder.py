@@ -20,10 +20,10 @@ import argparse
 import torch
 from torch.utils.data import Subset
 
-from ldae.data import build_dataset, build_transform
-from ldae.features import FeatureExtractor, create_backbone, extract_features, resolve_data_config
-from ldae.recipe import build_splits
-from ldae.sources import released_tags
+from ldae.data.folders import build_dataset, build_transform
+from ldae.eval.features import FeatureExtractor, create_backbone, extract_features, resolve_data_config
+from ldae.eval.run import build_splits
+from ldae.release.denoiser import released_tags
 
 
 def main(argv: list[str] | None = None) -> float:

@@ -9,14 +9,14 @@ Importing this package registers the ``ldae_vit_*`` architectures with timm::
 """
 __version__ = "0.1.0"
 
-from . import zoo  # noqa: E402,F401  (registers the models with timm)
-from .configs import SIZES, ModelSize, get_size  # noqa: E402
-from .export import export_to_timm, vit_kwargs  # noqa: E402
-from .model import LDAE, LDAEOutput, build_ldae  # noqa: E402
-from .noise import AddLatentNoise, LatentNoise  # noqa: E402
-from .schedule import build_schedule  # noqa: E402
-from .tokenizer import DIT_NORM, IMAGENET_NORM, PatchPCA  # noqa: E402
-from .weights import get_noise_config, get_noise_transform, get_tokenizer, load_manifest  # noqa: E402
+from ldae.models import registry as zoo  # noqa: E402,F401  (registers the models with timm)
+from ldae.models.sizes import SIZES, ModelSize, get_size  # noqa: E402
+from ldae.models.export import export_to_timm, vit_kwargs  # noqa: E402
+from ldae.models.ldae import LDAE, LDAEOutput, build_ldae  # noqa: E402
+from ldae.diffusion.noise import AddLatentNoise, LatentNoise  # noqa: E402
+from ldae.diffusion.schedules import build_schedule  # noqa: E402
+from ldae.tokenizers.pca import DIT_NORM, IMAGENET_NORM, PatchPCA  # noqa: E402
+from ldae.release.manifest import get_noise_config, get_noise_transform, get_tokenizer, load_manifest  # noqa: E402
 
 __all__ = [
     "__version__", "zoo", "SIZES", "ModelSize", "get_size", "LDAE", "LDAEOutput", "build_ldae", "PatchPCA",

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
-from ldae.builder import add_model_args, build_model_from_args
-from ldae.checkpoint import save_checkpoint
-from ldae.model import LDAE
-from ldae.tokenizer import PatchPCA
+from ldae.cli.model_flags import add_model_args
+from ldae.models.model_config import build_model
+from ldae.engine.checkpoint import save_checkpoint
+from ldae.models.ldae import LDAE
+from ldae.tokenizers.pca import PatchPCA
 
 
 def tiny_ldae(seed: int = 0, enc_depth: int = 2) -> tuple[LDAE, argparse.Namespace]:
@@ -22,7 +23,7 @@ def tiny_ldae(seed: int = 0, enc_depth: int = 2) -> tuple[LDAE, argparse.Namespa
         ["--model", "tiny_patch4_32", "--enc-depth", str(enc_depth)])
     with torch.random.fork_rng():  # the same weights on every call, the caller's RNG untouched
         torch.manual_seed(seed)
-        model = build_model_from_args(args, tok)
+        model = build_model(args, tok)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "adaLN" in name:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from ldae.checkpoint import save_checkpoint
-from ldae.export import export_encoder_state_dict
-from ldae.io import save_safetensors, sha256_file
-from ldae.model import LDAE
-from ldae.sources import save_denoiser
-from ldae.tokenizer import PatchPCA
+from ldae.engine.checkpoint import save_checkpoint
+from ldae.models.export import export_encoder_state_dict
+from ldae.utils.io import save_safetensors, sha256_file
+from ldae.models.ldae import LDAE
+from ldae.release.denoiser import save_denoiser
+from ldae.tokenizers.pca import PatchPCA
 
 TAG = "ldae_vit_tiny_patch4_32.test"
 ARGS = dict(model="tiny_patch4_32", d=None, whiten=True, noise_space="latent", schedule="linear_sigma",

@@ -4,10 +4,11 @@ import argparse
 import pytest
 import torch
 
-from ldae.builder import add_model_args, build_model_from_args
-from ldae.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from ldae.patch_ae import PatchAE
-from ldae.tokenizer import PatchPCA
+from ldae.cli.model_flags import add_model_args
+from ldae.models.model_config import build_model
+from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ldae.tokenizers.linear_ae import PatchAE
+from ldae.tokenizers.pca import PatchPCA
 
 SIZE = "custom:img=16,patch=4,dim=32,enc=1,dec=1,heads=2,d=6"
 
@@ -27,7 +28,7 @@ def test_round_trip_rebuilds_identical_model(tmp_path, kind):
     else:  # Eq. 4's weights live on the PCA basis, so an AE tokenizer trains with tail weight 1
         tok, args = PatchAE.fit([_images()], patch_size=4, d=6, steps=5, batch_size=64), _args("--tail-weight", "1")
     torch.manual_seed(0)
-    model = build_model_from_args(args, tok)
+    model = build_model(args, tok)
     for p in model.parameters():  # non-trivial weights, so equality means something
         torch.nn.init.normal_(p, std=0.05)
     path = tmp_path / "ckpt.pth"
@@ -56,13 +57,13 @@ def test_refuses_foreign_and_truncated_files(tmp_path):
 
 def test_args_asking_for_another_size_are_refused_before_any_allocation(tmp_path, monkeypatch):
     tok = PatchPCA.fit([_images()], patch_size=4)
-    model = build_model_from_args(_args(), tok)
+    model = build_model(_args(), tok)
     huge = "custom:img=16,patch=4,dim=8192,enc=24,dec=24,heads=32,d=6"  # 39B parameters: 150 GiB in float32
     path = tmp_path / "small_weights_huge_args.pth"
     save_checkpoint(dict(model=model.state_dict(), ema=None, args={**vars(_args()), "model": huge}, tokenizer=tok.metadata(),
                          step=0, epoch=0), path)
     assert path.stat().st_size < 2_000_000
-    real_build = build_model_from_args
+    real_build = build_model
     sizes = []
 
     def build_and_record(args, tokenizer):  # only skeletons on the meta device may be built for the huge size
@@ -70,7 +71,7 @@ def test_args_asking_for_another_size_are_refused_before_any_allocation(tmp_path
         sizes.append(next(m.parameters()).device.type)
         return m
 
-    monkeypatch.setattr("ldae.checkpoint.build_model_from_args", build_and_record)
+    monkeypatch.setattr("ldae.engine.checkpoint.build_model", build_and_record)
     with pytest.raises(ValueError, match=rf"{path}: its model args \('custom:img=16,patch=4,dim=8192.*do not describe its weights "
                                          r"\(.*args give \(1, 16, 8192\), weights hold \(1, 16, 32\)"):
         model_from_checkpoint(path)

@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 import ldae
-from ldae import cli
+from ldae.cli import command as cli
 
 NAMES = list(cli.SUBCOMMANDS)
 
@@ -24,7 +24,7 @@ def _help(capsys, argv: list[str]) -> str:
 def _examples(text: str, name: str) -> list[list[str]]:
     """Argument lists of the command lines (``ldae <name> ...``, ``python|torchrun ... -m ldae.<module> ...``)
     of a help text; backslash-continued lines are joined first."""
-    module = cli.SUBCOMMANDS[name][0]
+    module = cli.ENTRY_POINTS[name]
     pattern = re.compile(rf"^\s*(?:ldae {re.escape(name)}|(?:python|torchrun)\b.*?-m {re.escape(module)})(?=\s|$)(.*)$")
     found = []
     for line in re.sub(r"\\\n", " ", text).splitlines():
@@ -48,10 +48,10 @@ def test_subcommand_help_shows_usage_and_an_example(name, capsys):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_module_runs_as_python_m(name, capsys, monkeypatch):
-    module = cli.SUBCOMMANDS[name][0]
-    mod = importlib.import_module(module)
+    mod = importlib.import_module(cli.SUBCOMMANDS[name][0])
     assert callable(mod.main) and callable(mod.get_args_parser)
     assert mod.get_args_parser(add_help=False).add_help is False  # reusable as a parent parser
+    module = cli.ENTRY_POINTS[name]  # the python -m entry point runs the same command
     monkeypatch.setattr(sys, "argv", [module, "--help"])
     with warnings.catch_warnings(), pytest.raises(SystemExit) as e:
         warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported

@@ -10,9 +10,9 @@ import pytest
 import torch
 from timm.models.vision_transformer import Attention
 
-from ldae import amp
-from ldae.model import LDAE
-from ldae.tokenizer import PatchPCA
+from ldae.utils import amp
+from ldae.models.ldae import LDAE
+from ldae.tokenizers.pca import PatchPCA
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")

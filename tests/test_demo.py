@@ -9,13 +9,17 @@ from PIL import Image
 from safetensors import safe_open
 
 from _tiny_release import ARGS, TAG, make_release, with_denoiser
-from ldae import cli, viz
-from ldae.demo import get_args_parser, run_demo
-from ldae.export import export_to_timm
-from ldae.samples import load_images
-from ldae.sources import load_denoiser, load_denoiser_file, released_tags, save_denoiser
-from ldae.tokenizer import DIT_NORM, PatchPCA
-from ldae.weights import WeightsIntegrityError
+from ldae.cli import command as cli
+from ldae.viz import figures as viz
+from ldae.cli.configs import to_config
+from ldae.cli.demo import get_args_parser
+from ldae.viz.demo import run_demo
+from ldae.viz.demo_config import DemoConfig
+from ldae.models.export import export_to_timm
+from ldae.data.samples import load_images
+from ldae.release.denoiser import load_denoiser, load_denoiser_file, released_tags, save_denoiser
+from ldae.tokenizers.pca import DIT_NORM, PatchPCA
+from ldae.release.manifest import WeightsIntegrityError
 
 
 @pytest.fixture
@@ -35,7 +39,7 @@ def release(tmp_path_factory):
 
 
 def _demo(argv):
-    return run_demo(get_args_parser().parse_args(argv))
+    return run_demo(to_config(DemoConfig, get_args_parser().parse_args(argv)))
 
 
 def _png(path):
@@ -177,7 +181,7 @@ def test_demo_on_the_users_images(release, tmp_path, monkeypatch, offline):
 
 
 def test_bundled_samples_are_varied_and_licensed():
-    from ldae.samples import BUNDLED, SAMPLES_DIR, sample_images
+    from ldae.data.samples import BUNDLED, SAMPLES_DIR, sample_images
 
     names = [n for n, _ in sample_images()]
     assert names[: len(BUNDLED)] == list(BUNDLED) and names[-1] == "shapes"

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ldae import dist
+from ldae.engine import dist
 
 
 @pytest.fixture

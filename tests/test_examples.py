@@ -9,10 +9,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from _tiny_release import TAG, make_release
-from ldae.checkpoint import load_checkpoint, model_from_checkpoint
-from ldae.export import export_encoder_state_dict, export_to_timm
-from ldae.samples import load_images
-from ldae.tokenizer import DIT_NORM
+from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ldae.models.export import export_encoder_state_dict, export_to_timm
+from ldae.data.samples import load_images
+from ldae.tokenizers.pca import DIT_NORM
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -120,8 +120,8 @@ def test_continue_pretraining_from_a_full_checkpoint(released, tmp_path):
 def test_init_encoder_from_vit_rejects_a_mismatched_backbone(released):
     import timm
 
-    from ldae.model import LDAE
-    from ldae.warm_start import init_encoder_from_vit
+    from ldae.models.ldae import LDAE
+    from ldae.models.warm_start import init_encoder_from_vit
 
     _, _, model = released
     target = LDAE("tiny_patch4_32", model.tokenizer)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ldae import viz
-from ldae.configs import ModelSize
-from ldae.figures import main as figures_main, get_args_parser as figures_parser
-from ldae.metrics_log import read_jsonl
-from ldae.model import LDAE
-from ldae.tokenizer import PatchPCA, patchify
+from ldae.viz import figures as viz
+from ldae.models.sizes import ModelSize
+from ldae.cli.figures import main as figures_main, get_args_parser as figures_parser
+from ldae.engine.metrics_log import read_jsonl
+from ldae.models.ldae import LDAE
+from ldae.tokenizers.pca import PatchPCA, patchify
 
 P = 4  # patch size of the tiny tokenizer
 TINY = ModelSize(32, P, 32, 1, 1, 2, default_d=8)
@@ -199,7 +199,7 @@ def test_figures_subcommand_writes_each_kind(tmp_path, tok):
 
 
 def test_figures_denoise_subcommand(tmp_path):
-    from ldae.sources import save_denoiser
+    from ldae.release.denoiser import save_denoiser
 
     model = LDAE("tiny_patch4_32", PatchPCA.fit([_smooth_images(16, seed=1)], P))
     args = dict(model="tiny_patch4_32", d=None, whiten=True, noise_space="latent", schedule="linear_sigma",

@@ -10,10 +10,11 @@ from _recipe_helpers import tiny_checkpoint
 from PIL import Image
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from ldae.engine_finetune import cosine_schedule, load_train_state, train_one_epoch
-from ldae.finetune import (CKPT_FORMAT, _posterize, build_criterion, build_mixup, build_optimizer, build_train_transform,
-                           default_layer_decay, get_args_parser, main)
-from ldae.lr_sched import set_lr
+from ldae.engine.finetune_loop import cosine_schedule, load_train_state, train_one_epoch
+from ldae.cli.finetune import get_args_parser, main
+from ldae.eval.finetune import (CKPT_FORMAT, _posterize, build_criterion, build_mixup, build_optimizer, build_train_transform,
+                                default_layer_decay)
+from ldae.engine.lr_schedule import set_lr
 
 
 def _vit(depth: int = 3, **kw) -> torch.nn.Module:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ldae.cli import main as cli_main
-from ldae.data import build_dataset, build_transform
-from ldae.fit_pca import get_args_parser, main
-from ldae.tokenizer import DIT_NORM, IMAGENET_NORM, PatchPCA
+from ldae.cli.command import main as cli_main
+from ldae.data.folders import build_dataset, build_transform
+from ldae.cli.fit_pca import get_args_parser, main
+from ldae.tokenizers.pca import DIT_NORM, IMAGENET_NORM, PatchPCA
 
 
 def run(*argv: str) -> int:
@@ -64,7 +64,7 @@ def test_real_imagenette_subset(imagenette_tar, tmp_path):
     pca = PatchPCA.load(out)
     assert (pca.dim, pca.num_images, pca.num_patches) == (768, 12, 12 * 196)
     with safe_open(str(out), "pt") as f:
-        from ldae.io import sha256_file
+        from ldae.utils.io import sha256_file
 
         assert f.metadata()["data_sha256"] == sha256_file(imagenette_tar)
 

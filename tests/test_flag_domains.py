@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ldae import cli
-from ldae.flag_domains import DOMAINS, Domain, check_flags, numeric_actions
+from ldae.cli import command as cli
+from ldae.cli.flag_domains import DOMAINS, Domain, check_flags, numeric_actions
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_every_numeric_flag_has_a_domain(command):
     parser = importlib.import_module(cli.SUBCOMMANDS[command][0]).get_args_parser(add_help=False)
     missing = sorted({a.dest for _, a in numeric_actions(parser)} - set(DOMAINS))
-    assert not missing, f"ldae {command}: numeric flags without a domain in ldae.flag_domains: {missing}"
+    assert not missing, f"ldae {command}: numeric flags without a domain in ldae.cli.flag_domains: {missing}"
 
 
 def test_domain_bounds_and_descriptions():
@@ -68,12 +68,12 @@ def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys
 
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch):
-    import ldae.knn
+    import ldae.cli.knn
 
     def boom(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(ldae.knn, "main", boom)
+    monkeypatch.setattr(ldae.cli.knn, "main", boom)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["knn", "--model", "m", "--data", "d"])
 
@@ -87,5 +87,5 @@ def test_python_dash_m_takes_the_same_path(tmp_path):
 
 
 def test_check_flags_ignores_flags_not_given():
-    parser = importlib.import_module("ldae.pretrain").get_args_parser(add_help=False)
+    parser = importlib.import_module("ldae.cli.pretrain").get_args_parser(add_help=False)
     check_flags(parser, parser.parse_args([]))  # defaults are in range

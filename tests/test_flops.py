@@ -4,13 +4,13 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
-from ldae.configs import SIZES, ModelSize
-from ldae.flops import (
+from ldae.models.sizes import SIZES, ModelSize
+from ldae.models.flops import (
     TRAIN_FACTOR, ldae_forward_flops, ldae_train_flops, measure_matmul_peak, mfu, model_train_flops, vit_block_flops,
     vit_forward_flops, vit_mse_train_flops,
 )
-from ldae.model import LDAE
-from ldae.tokenizer import PatchPCA
+from ldae.models.ldae import LDAE
+from ldae.tokenizers.pca import PatchPCA
 
 SIZE = ModelSize(32, 4, 64, 1, 1, 2, default_d=16)
 
@@ -74,7 +74,7 @@ def test_model_train_flops_adds_the_latent_noise_and_loss_projections():
 
 def test_the_quoted_h200_anchor_is_reproduced():
     """timm 24 x 768 at 256 px, 1317 img/s on a 777 TFLOP/s card: 46.7% MFU counting the blocks' matmuls;
-    counting the patch embedding and the pixel head as well (as ldae.flops does) gives 47.0%."""
+    counting the patch embedding and the pixel head as well (as ldae.models.flops does) gives 47.0%."""
     blocks = TRAIN_FACTOR * 24 * vit_block_flops(256, 768)
     assert mfu(blocks, 1317, 777e12) == pytest.approx(0.467, abs=5e-4)
     flops = vit_mse_train_flops(256, 16, 768, 24)

@@ -11,7 +11,7 @@ import timm
 import torch
 
 import ldae
-import ldae.hub
+import ldae.models.hub
 
 REPO = Path(__file__).resolve().parent.parent
 ARCHS = sorted(timm.list_models("ldae*"))
@@ -61,5 +61,5 @@ def test_list_and_help_through_the_hub_cache_layout(tmp_path, monkeypatch):
     assert sorted(names) == ARCHS
     assert doc == "l-DAE ViT-B/16 encoder, 256 px: 12 blocks x 768 (paper Tab. 4)."
     for name in ARCHS:
-        fn = getattr(ldae.hub, name)
+        fn = getattr(ldae.models.hub, name)
         assert fn.__doc__ and "\n" not in fn.__doc__.strip() and fn.__name__ == name

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldae.data import ShardDataset, build_dataset
-from ldae.image_decode import BadImageError, decode_rgb, read_skipped
+from ldae.data.folders import ShardDataset, build_dataset
+from ldae.data.image_decode import BadImageError, decode_rgb, read_skipped
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 import ldae  # noqa: F401  (registers the architectures before transformers asks timm for them)
 from _recipe_helpers import tiny_checkpoint
-from ldae import cli
+from ldae.cli import command as cli
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ import torch
 import torch.multiprocessing as mp
 from _recipe_helpers import tiny_checkpoint
 
-from ldae import dist
-from ldae.engine_finetune import evaluate
-from ldae.features import FeatureExtractor, extract_features
-from ldae.knn import get_args_parser, knn_classify, knn_evaluate, knn_scores, main
+from ldae.engine import dist
+from ldae.engine.finetune_loop import evaluate
+from ldae.eval.features import FeatureExtractor, extract_features
+from ldae.cli.knn import get_args_parser, main
+from ldae.eval.knn import knn_classify, knn_evaluate, knn_scores
 
 
 def test_hand_computed_vote():

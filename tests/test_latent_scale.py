@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from ldae.builder import add_model_args, build_model_from_args, saved_model_args
-from ldae.export import export_to_timm
-from ldae.model import LDAE
-from ldae.noise import LatentNoise
-from ldae.size_spec import parse_model_spec
-from ldae.tokenizer import PatchPCA, patchify, unpatchify
+from ldae.cli.model_flags import add_model_args
+from ldae.models.model_config import build_model, saved_model_args
+from ldae.models.export import export_to_timm
+from ldae.models.ldae import LDAE
+from ldae.diffusion.noise import LatentNoise
+from ldae.models.size_spec import parse_model_spec
+from ldae.tokenizers.pca import PatchPCA, patchify, unpatchify
 
 SIZE = "custom:img=16,patch=4,dim=32,enc=1,dec=1,heads=2,d=6"
 
@@ -96,5 +97,5 @@ def test_args_saved_with_whiten_rebuild_the_same_noise(pca, whiten, scale):
     saved = dict(model=SIZE, d=6, whiten=whiten, noise_space="latent", schedule="linear_sigma", tail_weight=0.1,
                  enc_depth=None, cond_ratio=0.25, num_levels=1000)
     assert saved_model_args(saved)["latent_scale"] == scale and "whiten" not in saved_model_args(saved)
-    model = build_model_from_args(argparse.Namespace(**{**saved, "model": parse_model_spec(SIZE)}), pca)
+    model = build_model(argparse.Namespace(**{**saved, "model": parse_model_spec(SIZE)}), pca)
     assert model.noise.latent_scale == scale and model.noise.whiten is whiten

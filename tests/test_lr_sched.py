@@ -5,7 +5,7 @@ import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
 
-from ldae.lr_sched import lr_at, scaled_lr, set_lr
+from ldae.engine.lr_schedule import lr_at, scaled_lr, set_lr
 
 
 def test_linear_scaling_rule():

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from ldae.noise import AddLatentNoise, LatentNoise
-from ldae.schedule import LinearSigmaSchedule, SingleLevelSchedule, build_schedule
-from ldae.tokenizer import PatchPCA, patchify
+from ldae.diffusion.noise import AddLatentNoise, LatentNoise
+from ldae.diffusion.schedules import LinearSigmaSchedule, SingleLevelSchedule, build_schedule
+from ldae.tokenizers.pca import PatchPCA, patchify
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldae.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
-from ldae.data import build_dataset, build_transform, write_shards
-from ldae.flops import model_train_flops
-from ldae.loss import pca_weighted_loss
-from ldae.metrics_log import MetricsLogger, read_jsonl
-from ldae.pretrain import EXIT_NONFINITE, LAST, get_args_parser, main, resolve_batch
-from ldae.sampler import GlobalBatchSampler, SeededSamples
-from ldae.size_spec import parse_model_spec
-from ldae.tokenizer import PatchPCA
+from ldae.engine.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
+from ldae.data.folders import build_dataset, build_transform, write_shards
+from ldae.models.flops import model_train_flops
+from ldae.diffusion.loss import pca_weighted_loss
+from ldae.engine.metrics_log import MetricsLogger, read_jsonl
+from ldae.cli.pretrain import get_args_parser, main
+from ldae.engine.pretrain import EXIT_NONFINITE, LAST, resolve_batch
+from ldae.data.sampler import GlobalBatchSampler, SeededSamples
+from ldae.models.size_spec import parse_model_spec
+from ldae.tokenizers.pca import PatchPCA
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "custom:img=32,patch=4,dim=32,enc=1,dec=1,heads=2,d=8"  # 1 + 1 blocks of width 32
@@ -153,7 +154,7 @@ else:  # die half-way through writing a checkpoint
             os.truncate(f, os.path.getsize(f) // 2)
             os.kill(os.getpid(), signal.SIGKILL)
     torch.save = save
-from ldae.pretrain import get_args_parser, main
+from ldae.cli.pretrain import get_args_parser, main
 sys.exit(main(get_args_parser().parse_args(sys.argv[3:])))
 """
 
@@ -190,7 +191,7 @@ def step(self, *a, **k):  # the signal arrives in the middle of optimizer step `
         os.kill(os.getpid(), sig)
     return orig_step(self, *a, **k)
 torch.optim.AdamW.step = step
-from ldae.cli import run
+from ldae.cli.command import run
 sys.exit(run("pretrain", sys.argv[3:]))
 """
 
@@ -210,7 +211,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(cifar_root, tok, st
 
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(cifar_root, tok, straight_10, tmp_path,
                                                                                   monkeypatch, capsys):
-    from ldae.cli import run as cli_run
+    from ldae.cli.command import run as cli_run
 
     good = tmp_path / LAST
     good.write_bytes((straight_10 / LAST).read_bytes())
@@ -424,7 +425,7 @@ def test_metrics_logger(tmp_path):
 
 
 def test_cli_help_shows_single_gpu_and_multi_node_examples(capsys):
-    from ldae import cli
+    from ldae.cli import command as cli
 
     with pytest.raises(SystemExit) as e:
         cli.main(["pretrain", "--help"])

@@ -10,11 +10,12 @@ import torch
 from _recipe_helpers import tiny_checkpoint, tiny_ldae
 from PIL import Image
 
-from ldae.engine_finetune import cosine_schedule, resolve_lr
-from ldae.features import FeatureExtractor, cached_features, create_backbone, load_features
-from ldae.noise import LatentNoise
-from ldae.probe import FeatureBatches, LinearHead, ProbeModel, build_lars, get_args_parser, main, train_probe_on_features
-from ldae.recipe import build_splits
+from ldae.engine.finetune_loop import cosine_schedule, resolve_lr
+from ldae.eval.features import FeatureExtractor, cached_features, create_backbone, load_features
+from ldae.diffusion.noise import LatentNoise
+from ldae.cli.probe import get_args_parser, main
+from ldae.eval.probe import FeatureBatches, LinearHead, ProbeModel, build_lars, train_probe_on_features
+from ldae.eval.run import build_splits
 
 
 def _tiny_vit(**kw) -> torch.nn.Module:
@@ -296,11 +297,11 @@ def test_help_documents_both_lr_conventions():
 
 @pytest.mark.parametrize("argv, want", [
     (["/usr/bin/ldae", "probe", "--data", "a b"], "ldae probe --data 'a b'"),
-    (["/src/ldae/cli.py", "knn"], "ldae knn"),
+    (["/src/ldae/cli/__main__.py", "knn"], "ldae knn"),
     (["/src/ldae/probe.py", "--mode", "cached"], "python -m ldae.probe --mode cached"),
 ])
 def test_results_record_the_command_as_typed(monkeypatch, argv, want):
-    from ldae.recipe import command_line
+    from ldae.eval.run import command_line
 
     monkeypatch.setattr("sys.argv", argv)
     assert command_line() == want

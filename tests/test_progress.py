@@ -1,7 +1,7 @@
 """Progress off a terminal: one plain line per 10%, nothing when quiet, no lines from loops that log themselves."""
 import re
 
-from ldae.progress import LineProgress, progress
+from ldae.utils.progress import LineProgress, progress
 
 
 def test_lines_every_ten_percent_off_a_terminal(capsys, monkeypatch):

@@ -12,12 +12,14 @@ import timm
 import torch
 
 import ldae
-from ldae import weights as W
-from ldae.builder import add_model_args, build_model_from_args
-from ldae.checkpoint import save_checkpoint
-from ldae.export import export_to_timm
-from ldae.publish import _shipped_tokenizer_name, get_args_parser, main
-from ldae.tokenizer import PatchPCA
+from ldae.release import manifest as W
+from ldae.cli.model_flags import add_model_args
+from ldae.models.model_config import build_model
+from ldae.engine.checkpoint import save_checkpoint
+from ldae.models.export import export_to_timm
+from ldae.cli.export import get_args_parser, main
+from ldae.release.export_folder import _shipped_tokenizer_name
+from ldae.tokenizers.pca import PatchPCA
 
 ARCH = "ldae_vit_tiny_patch4_32"
 
@@ -28,7 +30,7 @@ def make_checkpoint(path: Path, *flags: str, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     tok = PatchPCA.fit([torch.rand(16, 3, 32, 32, generator=g) * 2 - 1], 4)
     torch.manual_seed(seed)
-    model = build_model_from_args(args, tok).eval()
+    model = build_model(args, tok).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "adaLN_modulation" in name or "final_layer" in name:
@@ -90,8 +92,8 @@ def test_local_dir_load_is_the_fixed_t_encoder(exported):
 
 
 def test_checksums_list_every_file_and_a_flipped_bit_is_refused(exported, tmp_path):
-    from ldae.export_checksums import read_checksums
-    from ldae.io import sha256_file
+    from ldae.release.checksums import read_checksums
+    from ldae.utils.io import sha256_file
 
     _, out = exported
     sums = read_checksums(out / "SHA256SUMS")
@@ -231,13 +233,13 @@ def test_push_uploads_the_whole_folder_once(exported, tmp_path, monkeypatch):
 
 
 def test_denoiser_export_rebuilds_the_whole_model(tmp_path):
-    from ldae.sources import load_denoiser_file
+    from ldae.release.denoiser import load_denoiser_file
 
     model = make_checkpoint(tmp_path / "checkpoint.pth", seed=3)
     out = export(tmp_path, tmp_path / "checkpoint.pth", "--tag", "dn", "--denoiser")
     entry = json.loads((out / "manifest_entry.json").read_text())["weights"][f"{ARCH}.dn"]
     assert entry["denoiser"]["file"] == f"{ARCH}.dn.denoiser.safetensors"
-    assert entry["denoiser"]["sha256"] == ldae.io.sha256_file(out / "denoiser.safetensors")
+    assert entry["denoiser"]["sha256"] == ldae.utils.io.sha256_file(out / "denoiser.safetensors")
     back = load_denoiser_file(out / "denoiser.safetensors")
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():  # float16 storage of the parameters; buffers (PCA basis, pos_embed) stay exact

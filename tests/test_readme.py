@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ldae.model_table import render
+from ldae.release.model_tables import render
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -20,7 +20,7 @@ def test_model_tables_match_the_manifest():
     text = README.read_text()
     block = re.search(r"<!-- model-table:start -->\n(.*?)\n<!-- model-table:end -->", text, re.S)
     assert block, "README lost its model-table markers"
-    assert block.group(1).strip() == render().strip(), "README model tables are stale: run python -m ldae.model_table"
+    assert block.group(1).strip() == render().strip(), "README model tables are stale: run python -m ldae.release.model_tables"
 
 
 def test_core_example_runs_as_written(cifar_root, tmp_path):
@@ -86,7 +86,7 @@ def test_trained_weights_table_is_the_committed_run():
     record = json.loads((README.parent / "bench" / "results" / "cifar10_micro_cpu.json").read_text())
     assert _block("cifar10-results") == _bench_module("collect_pretrain_results").readme_table(record)
     # The card's and manifest's metrics are the same measurement.
-    entry = ldae.weights.load_manifest().weights["ldae_vit_micro_patch4_32.cifar10"]
+    entry = ldae.release.manifest.load_manifest().weights["ldae_vit_micro_patch4_32.cifar10"]
     assert entry.metrics["cached_probe_top1"] == record["curve"][-1]["probe_top1"]
 
 
@@ -138,9 +138,9 @@ def test_every_quoted_time_is_a_committed_measurement():
 def test_every_named_tag_exists():
     import ldae
 
-    tags = set(ldae.weights.load_manifest().weights)
+    tags = set(ldae.release.manifest.load_manifest().weights)
     root = README.parent
     texts = [README.read_text(), *(p.read_text() for p in sorted((root / "examples").glob("*.py"))),
-             (root / "ldae" / "cli.py").read_text(), (root / "ldae" / "figures.py").read_text()]
+             (root / "ldae" / "cli" / "command.py").read_text(), (root / "ldae" / "cli" / "figures.py").read_text()]
     named = {m for t in texts for m in re.findall(r"\bldae_vit_[a-z0-9_]+\.[a-z0-9_]+\b", t) if not m.endswith(".untrained")}
     assert named and named <= tags, f"named but not released: {sorted(named - tags)}"

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ldae.schedule import (
+from ldae.diffusion.schedules import (
     SCHEDULES, DDPMSchedule, LinearGammaSqSchedule, LinearSigmaSchedule, SingleLevelSchedule, build_schedule,
 )
 

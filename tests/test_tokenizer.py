@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ldae.tokenizer import IMAGENET_NORM, PatchCovariance, PatchPCA, patchify, unpatchify
+from ldae.tokenizers.pca import IMAGENET_NORM, PatchCovariance, PatchPCA, patchify, unpatchify
 
 
 def _smooth_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -6,8 +6,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ldae.tokenizer import PatchPCA
-from ldae.tokenizers import load_tokenizer
+from ldae.tokenizers.pca import PatchPCA
+from ldae.tokenizers.registry import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldae import fit_tokenizer
-from ldae.model import LDAE
-from ldae.patch_ae import PatchAE, PatchVAE, gaussian_kl, sample_patches
-from ldae.pixel_tokenizer import PixelTokenizer
-from ldae.tokenizer import DIT_NORM, IMAGENET_NORM, PatchPCA, patchify
-from ldae.tokenizers import (
+from ldae.cli import fit_tokenizer as fit_tokenizer_cli
+from ldae.cli.configs import to_config
+from ldae.tokenizers import fit_tokenizer
+from ldae.tokenizers.fit_config import FitTokenizerConfig
+from ldae.models.ldae import LDAE
+from ldae.tokenizers.linear_ae import PatchAE, PatchVAE, gaussian_kl, sample_patches
+from ldae.tokenizers.pixel import PixelTokenizer
+from ldae.tokenizers.pca import DIT_NORM, IMAGENET_NORM, PatchPCA, patchify
+from ldae.tokenizers.registry import (
     TOKENIZER_FORMATS, Tokenizer, fixed_latent_dim, load_tokenizer, patch_affine, tokenizer_from_state_dict,
     tokenizer_kind,
 )
@@ -20,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def cifar(cifar_root):
     """(train, test) normalised CIFAR-10 images (200 each, 20 per class) in [-1, 1]."""
-    from ldae.data import build_dataset, build_transform
+    from ldae.data.folders import build_dataset, build_transform
 
     transform = build_transform(32, train=False, mean=DIT_NORM[0], std=DIT_NORM[1])
     return tuple(torch.stack([img for img, _ in build_dataset(cifar_root, split, transform)]) for split in ("train", "test"))
@@ -183,7 +186,7 @@ def test_loading_errors(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a tokenizer artifact"):
         load_tokenizer(bad)
-    from ldae.io import save_safetensors
+    from ldae.utils.io import save_safetensors
 
     save_safetensors({"x": torch.zeros(1)}, tmp_path / "other.safetensors", {"format": "something.else"})
     with pytest.raises(ValueError, match=r"unknown tokenizer format 'something.else'; expected one of \['ldae.patch_ae.v1'"):
@@ -205,12 +208,12 @@ def test_ae_checks():
 
 # ---------------------------------------------------------------------------------------------- the command
 def test_fit_tokenizer_command(cifar_root, tmp_path, capsys):
-    parser = fit_tokenizer.get_args_parser()
+    parser = fit_tokenizer_cli.get_args_parser()
     out = tmp_path / "ae.safetensors"
     args = parser.parse_args([str(cifar_root), "--split", "train", "--kind", "ae", "--d", "8", "--patch-size", "4",
                               "--img-size", "32", "--steps", "200", "--max-images", "50", "--workers", "0",
                               "--out", str(out), "--quiet"])
-    assert fit_tokenizer.main(args) == 0
+    assert fit_tokenizer_cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "fitted patch AE: 50 images, 3200 patches of 4x4x3 (D = 48), d = 8, 200 steps" in printed
     assert "(PCA optimum at d = 8:" in printed and f"saved {out}" in printed
@@ -219,10 +222,10 @@ def test_fit_tokenizer_command(cifar_root, tmp_path, capsys):
     from safetensors import safe_open
 
     with safe_open(str(out), "pt") as f:
-        assert f.metadata()["command"] == fit_tokenizer.fit_command(args)
+        assert f.metadata()["command"] == fit_tokenizer.fit_command(to_config(FitTokenizerConfig, args))
 
     pix = tmp_path / "pixel.safetensors"
-    assert fit_tokenizer.main(parser.parse_args(["--kind", "pixel", "--patch-size", "16", "--token-patch", "4", "--out", str(pix)])) == 0
+    assert fit_tokenizer_cli.main(parser.parse_args(["--kind", "pixel", "--patch-size", "16", "--token-patch", "4", "--out", str(pix)])) == 0
     assert "4x4x3 tokens (d = 48), one per 16x16 patch of the model's input (e.g. 256 px -> 64 px)" in capsys.readouterr().out
     assert load_tokenizer(pix).token_patch == 4
 
@@ -238,11 +241,11 @@ def test_fit_tokenizer_command(cifar_root, tmp_path, capsys):
 )
 def test_fit_tokenizer_argument_errors(argv, error):
     with pytest.raises(ValueError, match=error):
-        fit_tokenizer.fit_from_args(fit_tokenizer.get_args_parser().parse_args(argv))
+        fit_tokenizer.fit_from_config(to_config(FitTokenizerConfig, fit_tokenizer_cli.get_args_parser().parse_args(argv)))
 
 
 def test_fit_tokenizer_missing_data(tmp_path):
-    args = fit_tokenizer.get_args_parser().parse_args(
+    args = fit_tokenizer_cli.get_args_parser().parse_args(
         [str(tmp_path / "missing"), "--kind", "ae", "--d", "8", "--patch-size", "4", "--img-size", "32", "--out", "a.safetensors"])
     with pytest.raises(FileNotFoundError, match="data not found: .*missing"):
-        fit_tokenizer.fit_from_args(args)
+        fit_tokenizer.fit_from_config(to_config(FitTokenizerConfig, args))

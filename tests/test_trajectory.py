@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldae.builder import TRAJECTORY_ARG_DEFAULTS, add_model_args, build_model_from_args
-from ldae.export import export_to_timm
-from ldae.model import LDAE
-from ldae.patch_ae import PatchAE, PatchVAE
-from ldae.pixel_tokenizer import PixelTokenizer
-from ldae.tokenizer import PatchPCA
+from ldae.cli.model_flags import add_model_args
+from ldae.models.model_config import TRAJECTORY_ARG_DEFAULTS, build_model
+from ldae.models.export import export_to_timm
+from ldae.models.ldae import LDAE
+from ldae.tokenizers.linear_ae import PatchAE, PatchVAE
+from ldae.tokenizers.pixel import PixelTokenizer
+from ldae.tokenizers.pca import PatchPCA
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "trajectory.md"
 TINY = "custom:img=32,patch=16,dim=32,enc=1,dec=1,heads=2"
@@ -78,7 +79,7 @@ def _tokenizer(kind: str, d: int | None, q: int | None):
 def _build(argv: list[str], tok) -> LDAE:
     args = add_model_args(argparse.ArgumentParser()).parse_args(argv)
     args.model = TINY
-    return build_model_from_args(args, tok)
+    return build_model(args, tok)
 
 
 @pytest.mark.parametrize("name,kind,d,q,argv", ROWS, ids=[r[0] for r in ROWS])
@@ -143,7 +144,7 @@ def test_older_saved_args_rebuild_the_default_model():
     args.model = TINY
     tok = _tokenizer("pca", 32, None)
     torch.manual_seed(0)
-    old = build_model_from_args(args, tok)
+    old = build_model(args, tok)
     torch.manual_seed(0)
     new = LDAE(TINY, tok)
     assert (old.input_space, old.target) == ("image", "image")
@@ -152,7 +153,7 @@ def test_older_saved_args_rebuild_the_default_model():
 
 
 def test_pretrain_exposes_the_switches():
-    pretrain = pytest.importorskip("ldae.pretrain")
+    pretrain = pytest.importorskip("ldae.cli.pretrain")
     argv = "--input-space latent --target z0 --schedule linear_gamma2 --d 16".split()
     args = pretrain.get_args_parser().parse_args(["--data", "x", "--tokenizer", "t.safetensors", *argv])
     assert (args.input_space, args.target, args.schedule, args.d) == ("latent", "z0", "linear_gamma2", 16)

@@ -16,10 +16,10 @@ import ldae
 import timm
 import timm.data
 import timm.optim
-from ldae import weights as W
-from ldae.configs import SIZES
-from ldae.io import save_safetensors, sha256_file
-from ldae.tokenizer import DIT_NORM, PatchPCA, patchify
+from ldae.release import manifest as W
+from ldae.models.sizes import SIZES
+from ldae.utils.io import save_safetensors, sha256_file
+from ldae.tokenizers.pca import DIT_NORM, PatchPCA, patchify
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
@@ -30,7 +30,7 @@ PAPER_ENCODERS = {"ldae_vit_base": (12, 768, 12), "ldae_vit_half_large": (12, 10
 
 
 def size_of(arch: str):
-    return ldae.zoo.arch_size(arch)  # ldae_vit_custom: its default shape
+    return ldae.models.registry.arch_size(arch)  # ldae_vit_custom: its default shape
 
 
 def small(arch: str, depth: int = 2, **kw):
@@ -295,7 +295,7 @@ def test_corrupted_file_is_refused_before_building(release, monkeypatch):
     _, path, _ = release
     data = bytearray(path.read_bytes())
     want = sha256_file(path)
-    monkeypatch.setattr("ldae.zoo.build_model_with_cfg", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr("ldae.models.registry.build_model_with_cfg", lambda *a, **k: pytest.fail("a model was built"))
     data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
     path.write_bytes(bytes(data))
     with pytest.raises(W.WeightsIntegrityError) as e:
@@ -400,7 +400,7 @@ def test_shipped_weights_folder_is_consistent_and_small():
 def test_shipped_tokenizer_provenance_and_low_frequency_first():
     from safetensors import safe_open
 
-    from ldae.fit_pca import get_args_parser
+    from ldae.cli.fit_pca import get_args_parser
 
     entry = W.load_manifest().tokenizers["pca_p16_imagenette224"]
     with safe_open(str(W.weights_dir() / entry.file), "pt") as f:

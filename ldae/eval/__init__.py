@@ -1,0 +1,1 @@
+"""Evaluation of frozen or fine-tuned backbones: backbones from any source, features and their cache, probe, k-NN, fine-tune."""

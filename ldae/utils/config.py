@@ -1,0 +1,54 @@
+"""Typed run configurations: what the library's recipes take, store and rebuild from.
+
+Every recipe (pretraining, probes, fine-tuning, fitting a tokenizer, exporting) runs from a
+dataclass deriving from :class:`Config`. The ``ldae`` command turns its flags into one (each flag's
+destination is a field of the same name, and the field's default is the flag's default), and a
+library user builds one directly::
+
+    from ldae.engine.pretrain_config import PretrainConfig
+    cfg = PretrainConfig(data="cifar10-jpeg.tar.gz", model="micro_patch4_32", fit_tokenizer=True)
+
+A config is stored as a plain JSON-able dict (:meth:`Config.to_dict`: tuples become lists), which is
+what checkpoints and result files hold under ``args``; :meth:`Config.from_dict` rebuilds it and
+ignores keys it does not know, so records written by other versions still load.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, TypeVar
+
+__all__ = ["Config", "config_field_names"]
+
+C = TypeVar("C", bound="Config")
+
+
+@dataclasses.dataclass
+class Config:
+    """Base of the run configurations (a mutable dataclass: a run may resolve a field, e.g. a split)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-able dict (tuples as lists), in field order."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+        """The config with ``values`` for the fields it names (unknown keys are ignored, missing ones default)."""
+        names = config_field_names(cls)
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` applied (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def config_field_names(cls: type | Config) -> tuple[str, ...]:
+    """The field names of a config class (or instance), in order."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
