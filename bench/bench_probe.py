@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import timm  # noqa: E402
 
-from ldae.eval.features import load_features  # noqa: E402
+from ldae.eval.feature_cache import load_features  # noqa: E402
 from ldae.utils.io import atomic_path  # noqa: E402
 from ldae.eval.probe import train_probe_on_features  # noqa: E402
 from ldae.eval.run import git_commit  # noqa: E402

@@ -30,7 +30,7 @@ import ldae  # noqa: F401  (registers the ldae_vit_* models with timm)
 from ldae.models.model_config import build_model
 from ldae.engine.checkpoint import save_checkpoint
 from ldae.models.sizes import SIZES
-from ldae.data.folders import build_transform
+from ldae.data.transforms import build_transform
 from ldae.models.ldae import LDAE
 from ldae.data.samples import find_images
 from ldae.models.size_spec import format_model_spec

@@ -20,8 +20,11 @@ import argparse
 import torch
 from torch.utils.data import Subset
 
-from ldae.data.folders import build_dataset, build_transform
-from ldae.eval.features import FeatureExtractor, create_backbone, extract_features, resolve_data_config
+from ldae.data.folders import build_dataset
+
+from ldae.data.transforms import build_transform
+from ldae.eval.features import FeatureExtractor, extract_features
+from ldae.eval.backbones import create_backbone, resolve_data_config
 from ldae.eval.run import build_splits
 from ldae.release.denoiser import released_tags
 

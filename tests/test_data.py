@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-import ldae.data.folders
-from ldae.data.folders import (ShardDataset, TarImageDataset, build_dataset, build_transform, expand_urls,
-                       extract_archive, write_shards)
+import ldae.data.archives
+from ldae.data.archives import extract_archive
+from ldae.data.folders import TarImageDataset, build_dataset
+from ldae.data.shards import ShardDataset, expand_urls, write_shards
+from ldae.data.transforms import build_transform
 from ldae.data.resident import GPUAugment, GPUBatchLoader, load_uint8
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -229,8 +231,8 @@ def test_targz_extracted_once_and_reused(cifar_root, tmp_path, monkeypatch):
     archive = _make_tgz(cifar_root, tmp_path / "mini.tar.gz")
     monkeypatch.setenv("LDAE_CACHE", str(tmp_path / "cache"))
     calls: list[Path] = []
-    real_extract = ldae.data.folders._extract_regular_files
-    monkeypatch.setattr(ldae.data.folders, "_extract_regular_files", lambda a, out: (calls.append(a), real_extract(a, out)))
+    real_extract = ldae.data.archives._extract_regular_files
+    monkeypatch.setattr(ldae.data.archives, "_extract_regular_files", lambda a, out: (calls.append(a), real_extract(a, out)))
     first = build_dataset(archive, split="train")
     assert first.classes == CIFAR_CLASSES[:3] and len(first) == 60
     extracted = sorted((tmp_path / "cache" / "extracted").iterdir())

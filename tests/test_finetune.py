@@ -10,7 +10,9 @@ from _recipe_helpers import tiny_checkpoint
 from PIL import Image
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from ldae.engine.finetune_loop import cosine_schedule, load_train_state, train_one_epoch
+from ldae.engine.checkpoint import load_state
+from ldae.engine.finetune_loop import train_one_epoch
+from ldae.engine.lr_schedule import cosine_schedule
 from ldae.cli.finetune import get_args_parser, main
 from ldae.eval.finetune import (CKPT_FORMAT, _posterize, build_criterion, build_mixup, build_optimizer, build_train_transform,
                                 default_layer_decay)
@@ -107,7 +109,7 @@ def test_cli_train_resume_and_eval_only(cifar_root, tmp_path):
     res = json.loads((out / "finetune_results.json").read_text())
     assert res["top1"] == log[1]["top1"] and res["top1_ema"] == log[1]["top1_ema"]
     assert res["layer_decay"] == 0.85 and res["lr"] == pytest.approx(1e-3 * 40 / 256) and res["num_val"] == 200
-    state = load_train_state(out / "checkpoint-last.pth", CKPT_FORMAT)
+    state = load_state(out / "checkpoint-last.pth", CKPT_FORMAT)
     assert state["epoch"] == 2 and state["step"] == 10 and state["num_classes"] == 10 and state["arch"]["kind"] == "vit"
     assert state["model"]["head.weight"].shape == (10, 192) and state["ema"] is not None
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldae.data.folders import ShardDataset, build_dataset
+from ldae.data.shards import ShardDataset
+
+from ldae.data.folders import build_dataset
 from ldae.data.image_decode import BadImageError, decode_rgb, read_skipped
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from ldae.engine.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
-from ldae.data.folders import build_dataset, build_transform, write_shards
+from ldae.data.folders import build_dataset
+from ldae.data.transforms import build_transform
+from ldae.data.shards import write_shards
 from ldae.models.flops import model_train_flops
 from ldae.diffusion.loss import pca_weighted_loss
 from ldae.engine.metrics_log import MetricsLogger, read_jsonl

@@ -10,8 +10,10 @@ import torch
 from _recipe_helpers import tiny_checkpoint, tiny_ldae
 from PIL import Image
 
-from ldae.engine.finetune_loop import cosine_schedule, resolve_lr
-from ldae.eval.features import FeatureExtractor, cached_features, create_backbone, load_features
+from ldae.engine.lr_schedule import cosine_schedule, resolve_lr
+from ldae.eval.features import FeatureExtractor
+from ldae.eval.feature_cache import cached_features, load_features
+from ldae.eval.backbones import create_backbone
 from ldae.diffusion.noise import LatentNoise
 from ldae.cli.probe import get_args_parser, main
 from ldae.eval.probe import FeatureBatches, LinearHead, ProbeModel, build_lars, train_probe_on_features

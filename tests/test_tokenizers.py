@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def cifar(cifar_root):
     """(train, test) normalised CIFAR-10 images (200 each, 20 per class) in [-1, 1]."""
-    from ldae.data.folders import build_dataset, build_transform
+    from ldae.data.folders import build_dataset
+    from ldae.data.transforms import build_transform
 
     transform = build_transform(32, train=False, mean=DIT_NORM[0], std=DIT_NORM[1])
     return tuple(torch.stack([img for img, _ in build_dataset(cifar_root, split, transform)]) for split in ("train", "test"))

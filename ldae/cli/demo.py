@@ -8,7 +8,9 @@ from ldae.cli.configs import bind_config, to_config
 from ldae.viz.demo_config import DemoConfig
 from ldae.viz.demo import run_demo
 
-__all__ = ["get_args_parser", "main"]
+__all__ = ["get_args_parser", "main", "CONFIG"]
+
+CONFIG = DemoConfig  # the library config the flags fill (ldae.cli.configs.bind_config)
 
 EPILOG = """examples:
   ldae demo                                         # bundled images, shipped weights -> ./ldae-demo/

@@ -8,7 +8,9 @@ from ldae.release.export_config import ExportConfig
 from ldae.release.export_folder import run_export
 from ldae.release.export_folder import DTYPES
 
-__all__ = ["get_args_parser", "main"]
+__all__ = ["get_args_parser", "main", "CONFIG"]
+
+CONFIG = ExportConfig  # the library config the flags fill (ldae.cli.configs.bind_config)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -8,7 +8,9 @@ from ldae.eval.configs import FinetuneConfig
 from ldae.eval.finetune import run_finetune
 from ldae.cli.shared_flags import add_backbone_args, add_checkpoint_args, add_data_args, add_runtime_args
 
-__all__ = ["get_args_parser", "main"]
+__all__ = ["get_args_parser", "main", "CONFIG"]
+
+CONFIG = FinetuneConfig  # the library config the flags fill (ldae.cli.configs.bind_config)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -9,7 +9,9 @@ from ldae.tokenizers.fit_pca import run_fit_pca
 from ldae.cli.shared_flags import add_bad_images_arg
 from ldae.tokenizers.base import NORMS
 
-__all__ = ["get_args_parser", "main"]
+__all__ = ["get_args_parser", "main", "CONFIG"]
+
+CONFIG = FitPCAConfig  # the library config the flags fill (ldae.cli.configs.bind_config)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -10,7 +10,9 @@ from ldae.cli.shared_flags import add_bad_images_arg
 from ldae.tokenizers.base import NORMS
 from ldae.tokenizers.fit_tokenizer import KINDS
 
-__all__ = ["get_args_parser", "main"]
+__all__ = ["get_args_parser", "main", "CONFIG"]
+
+CONFIG = FitTokenizerConfig  # the library config the flags fill (ldae.cli.configs.bind_config)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -19,7 +19,9 @@ from ldae.engine.pretrain_config import PretrainConfig
 from ldae.tokenizers.base import NORMS
 from ldae.utils.amp import PRECISIONS
 
-__all__ = ["get_args_parser", "main"]
+__all__ = ["get_args_parser", "main", "CONFIG"]
+
+CONFIG = PretrainConfig  # the library config the flags fill (ldae.cli.configs.bind_config)
 
 _EPILOG = """\
 examples:

@@ -1,83 +1,46 @@
-"""Image datasets: ImageFolder trees, uncompressed tars, .tar.gz archives and WebDataset shards.
+"""Labeled image datasets on local files: ImageFolder trees, uncompressed tars and ``.tar.gz`` archives.
 
 Every dataset yields ``(image, label)`` where ``image`` is an RGB ``PIL.Image`` (or whatever
 ``transform`` makes of it) and ``label`` is the index of the class folder name in sorted order
 (``torchvision.datasets.ImageFolder`` semantics: ``.classes``, ``.class_to_idx``, ``.targets``).
+:func:`build_dataset` finds the class folders of a tree or archive (under a split and a wrapper
+folder too). Streaming shards are in :mod:`ldae.data.shards`, the GPU-resident path in
+:mod:`ldae.data.resident`.
 
-* :func:`build_dataset` finds the class folders of a local tree or archive.
-* :class:`ShardDataset` / :func:`write_shards` stream and write WebDataset-style shards.
-* :func:`build_transform` is the standard resize / crop / flip / normalize pipeline.
-
-The GPU-resident path for small datasets lives in :mod:`ldae.data.resident`.
+These readers, not timm's ``ImageDataset``, because they read ``.tar.gz`` archives, find class
+folders below a split or wrapper folder, and apply the bad-image policy (a named error, or the next
+readable image, deterministically); timm's decode no faster (``bench/results/readers_cpu.json``).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
-import math
 import os
 import posixpath
-import random
-import re
-import shutil
-import sys
 import tarfile
-import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset
 
-from ldae.data.image_decode import BAD_IMAGE_POLICIES, SKIP_HINT, BadImageError, decode_rgb, record_skip
+from ldae.data.image_decode import BAD_IMAGE_POLICIES, IMG_EXTENSIONS, SKIP_HINT, BadImageError, decode_rgb, is_image_name, record_skip
+from ldae.data.archives import extract_archive, normalize_member
 
-__all__ = [
-    "IMG_EXTENSIONS", "ImageFolderDataset", "TarImageDataset", "ShardDataset",
-    "build_dataset", "build_transform", "default_cache_dir", "expand_urls",
-    "extract_archive", "write_shards",
-]
+__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "TarImageDataset", "Transform", "build_dataset"]
+
 
 _logger = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
 _LAYOUTS = ("<path>/<class>/<image>, <path>/<split>/<class>/<image>, "
             "or one wrapper folder around either")
+
+
 Transform = Callable[[Image.Image], Any]
 
-
-def _is_image(name: str) -> bool:
-    # Hidden files are skipped: macOS archives carry '._x.jpg' metadata files that are not images.
-    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
-
-
-
-
-def _seed_int(*parts: int) -> int:
-    """A 63-bit seed mixing several integers (no collisions between e.g. (seed, epoch) pairs)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Explicit values, else the initialised process group, else torchrun's RANK/WORLD_SIZE."""
-    if rank is None or world_size is None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        else:
-            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        rank = r if rank is None else rank
-        world_size = w if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise ValueError(f"expected 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    return rank, world_size
-
-
-# ----------------------------------------------------------------------------------------------
-# Layout discovery, shared by folders and tar indexes
-# ----------------------------------------------------------------------------------------------
 
 class _Tree(Protocol):
     name: str  # name of the root folder, so that split='train' matches a path ending in train/
@@ -166,7 +129,7 @@ class _DirTree:
                         continue
                     if e.is_dir():
                         dirs.append(e.name)
-                    elif _is_image(e.name) and e.is_file():
+                    elif is_image_name(e.name) and e.is_file():
                         imgs.append(e.name)
             self._cache[d] = (sorted(dirs), sorted(imgs))
         return self._cache[d]
@@ -186,8 +149,8 @@ class _TarTree:
         dirs: dict[tuple[str, ...], set[str]] = {}
         imgs: dict[tuple[str, ...], list[str]] = {}
         for full in names:
-            parts = tuple(_norm_member(full).split("/"))
-            if not _is_image(parts[-1]) or any(p.startswith(".") for p in parts[:-1]):
+            parts = tuple(normalize_member(full).split("/"))
+            if not is_image_name(parts[-1]) or any(p.startswith(".") for p in parts[:-1]):
                 continue
             for i in range(len(parts) - 1):
                 dirs.setdefault(parts[:i], set()).add(parts[i])
@@ -201,14 +164,6 @@ class _TarTree:
     def images(self, d: tuple[str, ...]) -> list[str]:
         return self._imgs.get(d, [])
 
-
-def _norm_member(name: str) -> str:
-    return posixpath.normpath(name).lstrip("/").removeprefix("./")
-
-
-# ----------------------------------------------------------------------------------------------
-# Map-style datasets
-# ----------------------------------------------------------------------------------------------
 
 class _LabeledImages(Dataset):
     """Shared ImageFolder-style surface; subclasses implement ``read_bytes`` and ``where``.
@@ -302,7 +257,7 @@ class TarImageDataset(_LabeledImages):
         self.path = str(Path(path).resolve())
         st = os.stat(self.path)
         index = _tar_index(self.path, st.st_size, st.st_mtime_ns)
-        by_name = {_norm_member(n): (off, size) for n, off, size in index}
+        by_name = {normalize_member(n): (off, size) for n, off, size in index}
         name = Path(self.path).name
         tree = _TarTree(by_name, name[: -len(".tar")] if name.lower().endswith(".tar") else name)
         rel = _resolve_class_root(tree, split, self.path)
@@ -349,96 +304,6 @@ class TarImageDataset(_LabeledImages):
         return f"{self.path}:{self.samples[index][0]}"
 
 
-def default_cache_dir() -> Path:
-    """``$LDAE_CACHE`` if set, else ``~/.cache/ldae``."""
-    return Path(os.environ.get("LDAE_CACHE") or Path.home() / ".cache" / "ldae").expanduser()
-
-
-def _archive_stem(name: str) -> str:
-    for ext in (".tar.gz", ".tgz"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def extract_archive(path: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """Extract a ``.tar.gz``/``.tgz`` once and return the extracted folder.
-
-    The folder is ``<cache_dir>/<name>-<sha256(path, size, mtime)[:16]>`` with ``cache_dir`` defaulting to
-    ``default_cache_dir() / 'extracted'``. Extraction goes to a temporary sibling that is renamed into
-    place, so an interrupted run leaves no half-extracted folder and concurrent runs agree on one copy.
-    Only regular image files are written (what the readers use), at most :func:`extract_limit` bytes and
-    what the disk holds; members with absolute paths or ``..`` are refused.
-    """
-    path = Path(path).resolve()
-    st = path.stat()
-    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    base = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "extracted"
-    dest = base / f"{_archive_stem(path.name)}-{key}"
-    if dest.is_dir():
-        return dest
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=base))
-    _logger.info("extracting %s to %s (once)", path, dest)
-    try:
-        _extract_regular_files(path, tmp)
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not dest.is_dir():  # anything but "another process finished first" is an error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-EXTRACT_RATIO = 100  # default cap on the extracted bytes, as a multiple of the archive's size
-EXTRACT_ENV = "LDAE_EXTRACT_MAX_BYTES"
-
-
-def extract_limit(archive: Path) -> int:
-    """The most bytes :func:`extract_archive` writes for ``archive``: ``$LDAE_EXTRACT_MAX_BYTES``, else
-    100x the archive's size (at least 64 MiB). Image data barely compresses, so more is a bomb."""
-    env = os.environ.get(EXTRACT_ENV)
-    if env:
-        try:
-            return int(env)
-        except ValueError:
-            raise ValueError(f"${EXTRACT_ENV} must be a number of bytes, got {env!r}") from None
-    return max(EXTRACT_RATIO * archive.stat().st_size, 64 << 20)
-
-
-def _extract_regular_files(archive: Path, out: Path) -> None:
-    """Write the archive's image members (the only files a reader uses) under ``out``, within the limits."""
-    made: set[Path] = set()
-    limit, written = extract_limit(archive), 0
-    free = shutil.disk_usage(out).free
-    # Streaming mode reads the gzip once front to back, the only efficient order for it.
-    with tarfile.open(archive, mode="r|*") as tf:
-        for m in tf:
-            if not m.isfile() or not _is_image(posixpath.basename(m.name)):
-                continue
-            name = _norm_member(m.name)
-            if os.path.isabs(m.name) or name == ".." or name.startswith("../"):
-                raise ValueError(f"{archive}: refusing to extract member outside the target: {m.name!r}")
-            written += m.size
-            if written > limit:
-                raise ValueError(
-                    f"{archive}: its images exceed {limit:,} bytes extracted ({EXTRACT_RATIO}x the archive, or "
-                    f"${EXTRACT_ENV}) at member {m.name!r}: a decompression bomb, or set ${EXTRACT_ENV} to allow more")
-            if written > free:
-                raise OSError(f"{archive}: extracting needs more than the {free:,} bytes free in {out.parent}")
-            target = out / name
-            if target.parent not in made:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
-            src = tf.extractfile(m)
-            assert src is not None
-            with open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-
-
 def build_dataset(path: str | Path, split: str | None = None, transform: Transform | None = None,
                   *, cache_dir: str | Path | None = None, bad_images: str = "error",
                   skip_record: str | os.PathLike | None = None) -> _LabeledImages:
@@ -476,300 +341,3 @@ def build_dataset(path: str | Path, split: str | None = None, transform: Transfo
                          f"(WebDataset shards are read with ShardDataset)")
     ds.bad_images, ds.skip_record = bad_images, (str(skip_record) if skip_record is not None else None)
     return ds
-
-
-# ----------------------------------------------------------------------------------------------
-# WebDataset-format shards
-# ----------------------------------------------------------------------------------------------
-
-_BRACE = re.compile(r"\{([^{}]*)\}")
-
-
-def _expand_braces(s: str) -> list[str]:
-    m = _BRACE.search(s)
-    if m is None:
-        return [s]
-    body, head, tail = m.group(1), s[: m.start()], s[m.end():]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.groups()
-        if int(hi) < int(lo):
-            raise ValueError(f"descending brace range {{{body}}} in {s!r}")
-        width = len(lo) if lo.startswith("0") else 0  # '{000..009}' keeps its zero padding
-        alts = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
-    else:
-        alts = body.split(",")
-    return [x for a in alts for x in _expand_braces(head + a + tail)]
-
-
-def expand_urls(urls_or_pattern: str | Path | Sequence[str | Path]) -> list[str]:
-    """Shard paths from a brace pattern (``'shards-{000000..000009}.tar'``, ``'{a,b}.tar'``), a list of
-    patterns, or a folder (its ``*.tar`` files, sorted)."""
-    items = [urls_or_pattern] if isinstance(urls_or_pattern, (str, Path)) else list(urls_or_pattern)
-    out: list[str] = []
-    for u in items:
-        u = str(u)
-        if os.path.isdir(u):
-            out += sorted(str(p) for p in Path(u).iterdir() if p.name.endswith(".tar") and not p.name.startswith("."))
-        else:
-            out += _expand_braces(u)
-    if not out:
-        raise ValueError(f"no shards in {urls_or_pattern!r}: expected a pattern like 'shards-{{000000..000009}}.tar', "
-                         f"a list of .tar paths, or a folder of .tar files")
-    return out
-
-
-def _iter_shard(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(key, {extension: bytes})`` for consecutive members sharing a key (``<key>.<ext>``)."""
-    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
-        key, parts = None, {}
-        for m in tf:
-            if not m.isfile():
-                continue
-            d, base = posixpath.split(m.name)
-            stem, dot, ext = base.partition(".")  # WebDataset: the extension is everything after the first dot
-            if not dot or stem == "":
-                continue
-            k = posixpath.join(d, stem)
-            if k != key:
-                if parts:
-                    yield key, parts  # type: ignore[misc]
-                key, parts = k, {}
-            src = tf.extractfile(m)
-            assert src is not None
-            parts[ext.lower()] = src.read()
-        if parts:
-            yield key, parts  # type: ignore[misc]
-
-
-def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """Approximate shuffle with a fixed-size buffer (memory O(size), not O(dataset))."""
-    buf: list[Any] = []
-    for x in items:
-        if len(buf) < size:
-            buf.append(x)
-            continue
-        j = rng.randrange(size)
-        buf[j], x = x, buf[j]
-        yield x
-    rng.shuffle(buf)
-    yield from buf
-
-
-class ShardDataset(IterableDataset):
-    """Stream ``(image, label)`` from WebDataset-format tar shards, without the webdataset package.
-
-    A shard holds members ``<key>.<jpg|jpeg|png|bmp|webp>`` and ``<key>.cls`` (the integer label as
-    text); a sample without ``.cls`` gets label ``-1``. Shards are split first across DDP ranks, then
-    across DataLoader workers (``shards[rank::world_size][worker::num_workers]``), so every shard is read
-    by exactly one worker of one rank. Ranks may see different sample counts when shard sizes differ.
-
-    ``shuffle_buffer > 0`` shuffles the shard order with ``(seed, epoch)`` (identical on all ranks) and
-    the samples through a buffer of that many encoded samples; ``shuffle_buffer=0`` reads in order (eval).
-    Call :meth:`set_epoch` before each epoch; with ``persistent_workers=True`` the workers keep the epoch
-    they were started with, so use non-persistent workers or rebuild the DataLoader.
-
-    Args:
-        urls_or_pattern: brace pattern, list of paths, or folder of ``.tar`` shards (see :func:`expand_urls`).
-        transform: applied to the RGB ``PIL.Image``.
-        shuffle_buffer: samples held for shuffling; 0 disables all shuffling.
-        seed: base seed for shard order and sample shuffling.
-        rank, world_size: default to the process group, else ``RANK``/``WORLD_SIZE``, else 0/1.
-        bad_images, skip_record: the policy for unreadable images (see :class:`_LabeledImages`); a
-            skipped sample is left out of the stream.
-    """
-
-    def __init__(self, urls_or_pattern: str | Path | Sequence[str | Path], transform: Transform | None = None,
-                 shuffle_buffer: int = 2000, seed: int = 0, *, rank: int | None = None,
-                 world_size: int | None = None, bad_images: str = "error",
-                 skip_record: str | os.PathLike | None = None) -> None:
-        super().__init__()
-        self.urls = expand_urls(urls_or_pattern)
-        missing = [u for u in self.urls if not os.path.isfile(u)]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} of {len(self.urls)} shards do not exist, e.g. {missing[0]}")
-        self.rank, self.world_size = _dist_info(rank, world_size)
-        if len(self.urls) < self.world_size:
-            raise ValueError(f"{len(self.urls)} shards cannot be split over {self.world_size} ranks: "
-                             f"expected at least one shard per rank; write smaller shards")
-        self.transform, self.shuffle_buffer, self.seed, self.epoch = transform, int(shuffle_buffer), int(seed), 0
-        if bad_images not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {bad_images!r}")
-        self.bad_images, self.skip_record = bad_images, (str(skip_record) if skip_record is not None else None)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def shards_for(self, worker_id: int = 0, num_workers: int = 1) -> list[str]:
-        """The shards one worker of this rank reads in the current epoch, in reading order."""
-        order = np.arange(len(self.urls))
-        if self.shuffle_buffer > 0:
-            order = np.random.default_rng(_seed_int(self.seed, self.epoch)).permutation(len(self.urls))
-        return [self.urls[i] for i in order[self.rank::self.world_size][worker_id::num_workers]]
-
-    def _sample(self, shard: str, key: str, parts: dict[str, bytes]) -> tuple[Any, int]:
-        ext = next((e for e in parts if "." + e in IMG_EXTENSIONS), None)
-        if ext is None:
-            raise ValueError(f"{shard}: sample {key!r} has no image member: expected one of "
-                             f"{IMG_EXTENSIONS}, found extensions {sorted(parts)}")
-        img = decode_rgb(parts[ext], f"{shard}:{key}.{ext}")
-        label = int(parts["cls"].decode().strip()) if "cls" in parts else -1
-        return (self.transform(img) if self.transform is not None else img), label
-
-    def __iter__(self) -> Iterator[tuple[Any, int]]:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        raw = ((s, k, p) for s in self.shards_for(wid, nw) for k, p in _iter_shard(s))
-        if self.shuffle_buffer > 1:
-            rng = random.Random(_seed_int(self.seed, self.epoch, self.rank, wid))
-            raw = _buffer_shuffle(raw, self.shuffle_buffer, rng)
-        for shard, key, parts in raw:  # decode after shuffling: the buffer holds compact encoded bytes
-            try:
-                sample = self._sample(shard, key, parts)
-            except BadImageError as e:
-                if self.bad_images != "skip":
-                    raise BadImageError(f"{e}; {SKIP_HINT}") from None
-                record_skip(self.skip_record, f"{shard}:{key}", e)
-                continue
-            yield sample
-
-
-_PATTERN_ERR = "out_pattern needs one printf integer field like 'train-%06d.tar', got {!r}"
-_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"BM", "bmp"))
-
-
-def _encode(img: Any, fmt: str, quality: int) -> tuple[bytes, str]:
-    """Encode a PIL image, uint8 tensor ``(C,H,W)``/``(H,W)``, uint8 array ``(H,W,C)``/``(H,W)`` or pass
-    through already-encoded bytes; returns ``(bytes, extension)``."""
-    if isinstance(img, (bytes, bytearray)):
-        for magic, ext in _MAGIC:
-            if img.startswith(magic):
-                return bytes(img), ext
-        if img[:4] == b"RIFF" and img[8:12] == b"WEBP":
-            return bytes(img), "webp"
-        raise ValueError("encoded image bytes of unknown type: expected jpg, png, bmp or webp")
-    if isinstance(img, torch.Tensor):
-        if img.dtype != torch.uint8:
-            raise TypeError(f"expected a uint8 image tensor, got {img.dtype}: scale and convert first")
-        img = img.cpu().numpy()
-        if img.ndim == 3:
-            img = img.transpose(1, 2, 0)  # (C,H,W) -> (H,W,C)
-    if isinstance(img, np.ndarray):
-        if img.dtype != np.uint8:
-            raise TypeError(f"expected a uint8 image array, got {img.dtype}")
-        img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img)
-    if not isinstance(img, Image.Image):
-        raise TypeError(f"expected a PIL image, uint8 tensor/array or encoded bytes, got {type(img).__name__}")
-    buf = io.BytesIO()
-    if fmt in ("jpg", "jpeg"):
-        img.convert("RGB").save(buf, format="JPEG", quality=quality)
-    else:
-        img.save(buf, format={"png": "PNG", "webp": "WEBP", "bmp": "BMP"}[fmt],
-                 **({"lossless": True} if fmt == "webp" else {}))
-    return buf.getvalue(), fmt
-
-
-def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed metadata: identical inputs, identical shards
-    tf.addfile(info, io.BytesIO(data))
-
-
-def write_shards(dataset: Dataset, out_pattern: str, max_count: int = 1000, *, image_format: str = "png",
-                 quality: int = 95, progress: bool | None = None) -> list[str]:
-    """Write ``dataset`` as WebDataset-format shards readable by :class:`ShardDataset`.
-
-    Args:
-        dataset: yields ``(image, label)``; image a PIL image, uint8 tensor ``(C,H,W)``/``(H,W)``,
-            uint8 array ``(H,W,C)``/``(H,W)``, or encoded bytes. A dataset from :func:`build_dataset`
-            without a transform is copied byte for byte (no re-encoding).
-        out_pattern: printf pattern with one integer field, e.g. ``'out/train-%06d.tar'``.
-        max_count: samples per shard.
-        image_format: ``'png'`` (lossless, default), ``'jpg'`` (``quality``), ``'webp'`` (lossless) or ``'bmp'``
-            for images that must be encoded.
-        progress: tqdm bar; default on when stderr is a terminal.
-
-    Returns:
-        The shard paths in order. Members are ``<index:09d>.<ext>`` and ``<index:09d>.cls``. Each shard is
-        written to a hidden temporary file and renamed, so readers never see a partial shard.
-    """
-    from tqdm.auto import tqdm
-
-    if max_count < 1:
-        raise ValueError(f"max_count must be >= 1, got {max_count}")
-    if image_format not in ("png", "jpg", "jpeg", "webp", "bmp"):
-        raise ValueError(f"image_format must be png, jpg, webp or bmp, got {image_format!r}")
-    try:
-        names = (out_pattern % 0, out_pattern % 1)
-    except TypeError as e:
-        raise ValueError(_PATTERN_ERR.format(out_pattern)) from e
-    if names[0] == names[1]:
-        raise ValueError(_PATTERN_ERR.format(out_pattern))
-    # Our own datasets without a transform hold the original files: copy them rather than re-encode.
-    raw = isinstance(dataset, _LabeledImages) and dataset.transform is None
-    n = len(dataset)  # type: ignore[arg-type]
-    paths: list[str] = []
-    bar = tqdm(total=n, unit="img", desc="write shards",
-               disable=(not sys.stderr.isatty()) if progress is None else not progress)
-    for s, start in enumerate(range(0, n, max_count)):
-        final = Path(out_pattern % s)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        try:
-            with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-                for i in range(start, min(start + max_count, n)):
-                    if raw:
-                        data, ext = dataset.read_bytes(i)
-                        label = dataset.targets[i]
-                    else:
-                        img, label = dataset[i]
-                        data, ext = _encode(img, image_format, quality)
-                    _add_member(tf, f"{i:09d}.{ext}", data)
-                    _add_member(tf, f"{i:09d}.cls", str(int(label)).encode())
-                    bar.update(1)
-            os.replace(tmp, final)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        paths.append(str(final))
-    bar.close()
-    return paths
-
-
-# ----------------------------------------------------------------------------------------------
-# Transforms
-# ----------------------------------------------------------------------------------------------
-
-def build_transform(img_size: int, train: bool, mean: Sequence[float], std: Sequence[float],
-                    crop: str = "center", hflip: bool = False, crop_pct: float = 1.0,
-                    interpolation: str = "bicubic", scale: tuple[float, float] = (0.2, 1.0),
-                    ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> normalized float tensor ``(3, img_size, img_size)``.
-
-    * ``crop='center'``: resize the shorter side to ``floor(img_size / crop_pct)`` then center-crop
-      ``img_size`` (timm's convention; ``crop_pct=1.0`` keeps the whole shorter side, the l-DAE
-      pretraining default; 0.875 is the classic 256 -> 224 evaluation crop).
-    * ``crop='random_resized'``: ``RandomResizedCrop(img_size, scale, ratio)``; ``scale=(0.2, 1.0)`` is
-      MAE's pretraining range (pass ``(0.08, 1.0)`` for the usual supervised one).
-    * ``hflip``: random horizontal flip with p=0.5.
-    * ``train=False`` ignores ``crop`` and ``hflip``: evaluation is always the deterministic center crop.
-
-    ``interpolation`` is a torchvision ``InterpolationMode`` value ('bicubic', 'bilinear', ...);
-    PIL resizing is antialiased. Output is ``(x / 255 - mean) / std`` per channel.
-    """
-    from torchvision import transforms as T
-
-    if crop not in ("center", "random_resized"):
-        raise ValueError(f"crop must be 'center' or 'random_resized', got {crop!r}")
-    if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    interp = T.InterpolationMode(interpolation)
-    if train and crop == "random_resized":
-        ops: list[Any] = [T.RandomResizedCrop(img_size, scale=scale, ratio=ratio, interpolation=interp)]
-    else:
-        ops = [T.Resize(math.floor(img_size / crop_pct), interpolation=interp), T.CenterCrop(img_size)]
-    if train and hflip:
-        ops.append(T.RandomHorizontalFlip())
-    ops += [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
-    return T.Compose(ops)

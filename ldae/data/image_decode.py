@@ -1,6 +1,6 @@
 """Decoding one image file to RGB, with errors that name the file and a policy for unreadable ones.
 
-Every reader of :mod:`ldae.data.folders` (folder, tar, tar.gz, shards) and the in-memory decode go through
+Every reader of :mod:`ldae.data.folders` and :mod:`ldae.data.shards` (folder, tar, tar.gz, shards) and the in-memory decode go through
 :func:`decode_rgb`, so a corrupt JPEG, a zero-byte file or a text file named ``.png`` fails with the
 path (or the archive and member) rather than ``cannot identify image file <_io.BytesIO ...>``.
 
@@ -28,11 +28,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["BadImageError", "BAD_IMAGE_POLICIES", "ImagePolicy", "add_bad_images_arg", "decode_rgb", "record_skip", "read_skipped", "SKIP_HINT"]
+__all__ = ["BadImageError", "BAD_IMAGE_POLICIES", "IMG_EXTENSIONS", "ImagePolicy", "decode_rgb", "is_image_name", "record_skip", "read_skipped", "SKIP_HINT"]
 
 _logger = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("error", "skip")
+# The files every reader takes as images (by extension, case-insensitive).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SKIP_HINT = "remove or replace the file, or pass --bad-images skip to use the next readable image in its place"
 
 
@@ -52,7 +54,7 @@ class ImagePolicy:
             raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {self.bad_images!r}")
 
     def kwargs(self) -> dict[str, Any]:
-        """The keywords of :func:`ldae.data.folders.build_dataset` and :class:`ldae.data.folders.ShardDataset`."""
+        """The keywords of :func:`ldae.data.folders.build_dataset` and :class:`ldae.data.shards.ShardDataset`."""
         return {"bad_images": self.bad_images, "skip_record": self.skip_record}
 
 
@@ -90,6 +92,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def _grey_to_rgb(a: np.ndarray) -> Image.Image:
     u8 = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
     return Image.fromarray(np.repeat(u8[:, :, None], 3, axis=2), mode="RGB")
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name is an image the readers take (hidden files are not: macOS archives carry
+    '._x.jpg' metadata files that are not images)."""
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
 def record_skip(record: str | os.PathLike | None, where: str, err: BadImageError) -> None:

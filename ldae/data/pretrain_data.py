@@ -8,7 +8,7 @@ Three sources share one interface (:class:`PretrainData`):
   (:func:`ldae.data.resident.load_uint8`) and cropped / flipped / normalised there
   (:class:`ldae.data.resident.GPUAugment`): small datasets such as CIFAR-10 are never input-bound.
   Batches come from the same sampler, so a step holds the same images as with :class:`LoaderData`.
-* :class:`ShardData` -- WebDataset-style tar shards streamed by :class:`ldae.data.folders.ShardDataset`,
+* :class:`ShardData` -- WebDataset-style tar shards streamed by :class:`ldae.data.shards.ShardDataset`,
   for data beyond one node's disk. An epoch is ``--epoch-samples`` images; a resumed epoch reads
   a fresh shuffle of the stream rather than replaying it (streams cannot seek).
 """
@@ -20,7 +20,11 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ldae.data.folders import ShardDataset, build_dataset, build_transform
+from ldae.data.shards import ShardDataset
+
+from ldae.data.folders import build_dataset
+
+from ldae.data.transforms import build_transform
 from ldae.data.resident import GPUAugment, load_uint8
 from ldae.data.image_decode import ImagePolicy
 from ldae.data.sampler import GlobalBatchSampler, SeededSamples, mix_seed

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from ldae.data.folders import _dist_info, _seed_int, build_dataset
+from ldae.data.folders import build_dataset
+from ldae.data.sampler import dist_info, seed_int
 from ldae.data.image_decode import ImagePolicy
 
 __all__ = ["GPUAugment", "GPUBatchLoader", "load_uint8"]
@@ -260,7 +261,7 @@ class GPUBatchLoader:
             raise ValueError(f"images on {images.device} but labels on {labels.device}")
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.shuffle, self.drop_last, self.seed, self.epoch = shuffle, drop_last, seed, 0
-        self.rank, self.world_size = _dist_info(rank, world_size)
+        self.rank, self.world_size = dist_info(rank, world_size)
         self.per_rank = len(images) // self.world_size
         if len(self) == 0:
             raise ValueError(f"{len(images)} samples over {self.world_size} ranks give no full batch of "
@@ -278,7 +279,7 @@ class GPUBatchLoader:
         """This rank's sample indices for the current epoch, int64 ``(N // world_size,)`` on the CPU."""
         n = len(self.images)
         if self.shuffle:
-            g = torch.Generator().manual_seed(_seed_int(self.seed, self.epoch))
+            g = torch.Generator().manual_seed(seed_int(self.seed, self.epoch))
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)

@@ -14,6 +14,7 @@ number of processes, the accumulation steps, the DataLoader workers, or where it
 """
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Iterator
 
@@ -121,3 +122,22 @@ class SeededSamples(Dataset):
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+def seed_int(*parts: int) -> int:
+    """A 63-bit seed mixing several integers (no collisions between e.g. (seed, epoch) pairs)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit values, else the initialised process group, else torchrun's RANK/WORLD_SIZE."""
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"expected 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return rank, world_size

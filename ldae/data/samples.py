@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ldae.data.folders import IMG_EXTENSIONS, build_transform
+from ldae.data.image_decode import IMG_EXTENSIONS
+from ldae.data.transforms import build_transform
 
 __all__ = ["sample_images", "render_shapes", "find_images", "load_images"]
 

@@ -1,7 +1,8 @@
-"""Pretraining checkpoints: one format, written atomically, read without unpickling arbitrary objects.
+"""Checkpoints: one container for every recipe, written atomically, read without unpickling arbitrary objects.
 
 A checkpoint is a dict of tensors and plain Python values (``torch.load(..., weights_only=True)``
-reads it):
+reads it) with a ``format`` tag (:func:`save_state`, :func:`load_state`); the probe and fine-tuning
+write the same container under their own tags. A pretraining checkpoint holds:
 
     format      "ldae.checkpoint.v1"
     model       LDAE state dict (the tokenizer's buffers included)
@@ -16,6 +17,7 @@ reads it):
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
 import torch
@@ -25,30 +27,67 @@ from ldae.utils.io import atomic_path
 from ldae.models.ldae import LDAE
 from ldae.tokenizers.registry import tokenizer_from_state_dict  # every tokenizer format (PCA, AE, VAE, pixel)
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "tokenizer_from_state_dict",
-           "build_checked_model"]
+__all__ = ["FORMAT", "save_state", "load_state", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",
+           "tokenizer_from_state_dict", "build_checked_model", "rng_state", "set_rng_state"]
 
 FORMAT = "ldae.checkpoint.v1"
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` (see module docstring) to ``path`` atomically: temp file, fsync, rename."""
-    state = {"format": FORMAT, **state}
+# ---------------------------------------------------------------------------------------------- the container
+def save_state(state: dict[str, Any], path: str | os.PathLike, fmt: str) -> None:
+    """Write ``{'format': fmt, **state}`` to ``path`` atomically (temp file, fsync, rename): a crash
+    never leaves a half-written file where a resume would read it. Every recipe's checkpoints
+    (pretraining, probe, fine-tuning) are this container, each with its own format tag."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({"format": fmt, **state}, tmp)
+
+
+def load_state(path: str | os.PathLike, fmt: str, map_location: str | torch.device = "cpu",
+               what: str = "checkpoint", article: str = "a") -> dict[str, Any]:
+    """Read a :func:`save_state` file with ``weights_only=True`` (no arbitrary code runs) and check
+    that its format is ``fmt``; errors name the file and call it ``what`` (after ``article``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated or foreign file: say which
+        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: not {article} {what} (expected format {fmt!r}, got {got!r})")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch, Python and (once initialised) CUDA RNG states, in types ``torch.load(weights_only=True)`` reads."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (CUDA states only onto as many devices as they were taken from)."""
+    torch.set_rng_state(rng["torch"])
+    if rng.get("python") is not None:
+        random.setstate(_as_tuple(rng["python"]))
+    if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ---------------------------------------------------------------------------------------------- pretraining
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a pretraining checkpoint (``state``: see the module docstring) atomically."""
+    save_state(state, path, FORMAT)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no arbitrary code runs) and check its format."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated or foreign file: say which
-        raise ValueError(f"{path}: not a readable l-DAE checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an l-DAE checkpoint (expected format {FORMAT!r})")
-    return ckpt
+    """Read a pretraining checkpoint (``weights_only=True``) and check its format."""
+    return load_state(path, FORMAT, map_location, what="l-DAE checkpoint", article="an")
 
 
 def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, use_ema: bool = True) -> LDAE:

@@ -1,4 +1,4 @@
-"""The epoch loops shared by fine-tuning and the linear probe, their lr schedule and their checkpoints.
+"""The epoch loops shared by fine-tuning and the linear probe, and their RNG state.
 
 As in MAE's ``engine_finetune``: the recipes build a model, a loss and batches; these loops only step
 them. The learning rate follows MAE's per-update schedule (linear warmup from 0, then a half-cycle
@@ -8,10 +8,7 @@ times its ``lr_scale`` (timm's layer-wise decay groups).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import os
-import random
 import time
 from typing import Any, Callable, Iterable
 
@@ -20,38 +17,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ldae.engine.dist import get_world_size
-from ldae.utils.io import atomic_path
-from ldae.engine.lr_schedule import lr_at, scaled_lr, set_lr
+from ldae.engine.lr_schedule import set_lr
 from ldae.utils.progress import progress
 
 __all__ = [
-    "resolve_lr", "cosine_schedule", "train_one_epoch", "evaluate", "save_train_state", "load_train_state",
-    "rng_state", "set_rng_state",
-]
-
-
-def resolve_lr(lr: float | None, blr: float, batch_size: int) -> float:
-    """The absolute lr: ``lr`` if given, else MAE's linear scaling ``blr * batch_size / 256``."""
-    if lr is not None:
-        if lr <= 0:
-            raise ValueError(f"--lr must be positive, got {lr}")
-        return float(lr)
-    if blr <= 0:
-        raise ValueError(f"--blr must be positive, got {blr}")
-    return scaled_lr(blr, batch_size)
-
-
-def cosine_schedule(
-    lr: float, epochs: int, warmup_epochs: float, steps_per_epoch: int, min_lr: float = 0.0
-) -> Callable[[int], float]:
-    """step -> lr: linear warmup 0 -> ``lr`` over ``warmup_epochs``, then a half-cycle cosine to ``min_lr``
-    at the end of ``epochs`` (MAE's per-update schedule, :func:`ldae.engine.lr_schedule.lr_at`)."""
-    if steps_per_epoch < 1:
-        raise ValueError(f"an epoch must hold at least one update, got {steps_per_epoch}")
-    if not 0 <= warmup_epochs <= epochs:
-        raise ValueError(f"--warmup-epochs {warmup_epochs} must be in [0, --epochs {epochs}]")
-    return functools.partial(lr_at, base_lr=lr, total_steps=epochs * steps_per_epoch,
-                             warmup_steps=int(round(warmup_epochs * steps_per_epoch)), min_lr=min_lr)
+    "train_one_epoch", "evaluate", ]
 
 
 def _all_reduce_sum(values: list[float], device: torch.device, sync: bool) -> list[float]:
@@ -168,47 +138,3 @@ def evaluate(
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": int(n)}
 
 
-# ----------------------------------------------------------------------------------------------
-# Resumable training state
-# ----------------------------------------------------------------------------------------------
-
-def rng_state() -> dict[str, Any]:
-    """Torch (CPU and CUDA) and Python RNG states, in types ``torch.load(weights_only=True)`` reads."""
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if state.get("python") is not None:
-        random.setstate(_as_tuple(state["python"]))
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def save_train_state(path: str | os.PathLike, state: dict[str, Any], fmt: str) -> None:
-    """Write ``{'format': fmt, **state}`` atomically (temp file, fsync, rename): a crash never leaves a
-    half-written checkpoint where a resume would read it."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": fmt, **state}, tmp)
-
-
-def load_train_state(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
-    """Read a :func:`save_train_state` file with ``weights_only=True`` and check its format."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or state.get("format") != fmt:
-        got = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path}: expected a checkpoint of format {fmt!r}, got {got!r}")
-    return state

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -23,6 +22,7 @@ import torch.nn as nn
 
 from ldae.engine import dist
 from ldae.models.flops import mfu
+from ldae.engine.checkpoint import rng_state, set_rng_state
 from ldae.engine.lr_schedule import lr_at, set_lr
 from ldae.engine.metrics_log import MetricsLogger
 from ldae.data.sampler import mix_seed
@@ -77,15 +77,12 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         """The training part of a checkpoint (model, ema, optimizer, scaler, rng, step)."""
-        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng,
+            "rng": rng_state(),
             "step": self.step,
         }
 
@@ -103,15 +100,8 @@ class TrainState:
         self.step = int(ckpt["step"])
         rng = ckpt.get("rng") or {}
         if restore_rng and "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-            if "python" in rng:
-                random.setstate(_as_tuple(rng["python"]))
-            if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+            set_rng_state(rng)
 
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def _autocast(cfg: StepConfig) -> contextlib.AbstractContextManager:

@@ -25,8 +25,9 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ldae.engine.finetune_loop import (cosine_schedule, evaluate, load_train_state, resolve_lr, rng_state, save_train_state,
-                              set_rng_state, train_one_epoch)
+from ldae.engine.checkpoint import load_state, rng_state, save_state, set_rng_state
+from ldae.engine.finetune_loop import evaluate, train_one_epoch
+from ldae.engine.lr_schedule import cosine_schedule, resolve_lr
 from ldae.eval.configs import FinetuneConfig
 
 __all__ = ["default_layer_decay", "build_optimizer", "build_mixup", "build_criterion", "build_train_transform", "run_finetune"]
@@ -99,7 +100,7 @@ def _build_model(cfg: FinetuneConfig, num_classes: int, state: dict[str, Any] | 
     pretrained weights). Otherwise ``--model`` is built with a fresh ``num_classes`` head, or with its own
     classifier for ``--eval`` without a checkpoint.
     """
-    from ldae.eval.features import create_backbone, rebuild_architecture, resolve_data_config
+    from ldae.eval.backbones import create_backbone, rebuild_architecture, resolve_data_config
 
     if state is not None:
         model = rebuild_architecture(state["arch"])
@@ -147,7 +148,7 @@ def _main(cfg: FinetuneConfig, run: Any, start: float) -> int:
     device, world, rank = run.device, run.world_size, run.rank
     ckpt_path = run.out / "checkpoint-last.pth"
     resume = cfg.resume or (str(ckpt_path) if cfg.auto_resume and not cfg.eval and ckpt_path.is_file() else None)
-    state = load_train_state(resume, CKPT_FORMAT) if resume else None
+    state = load_state(resume, CKPT_FORMAT, what="fine-tuning checkpoint") if resume else None
 
     # Class folders first: the model's head is sized by them.
     train_ds, val_ds = build_splits(cfg)
@@ -233,12 +234,12 @@ def _main(cfg: FinetuneConfig, run: Any, start: float) -> int:
         run.log(record)
         run.print(_epoch_line(record, cfg.epochs))
         if run.is_main:
-            save_train_state(ckpt_path, {
+            save_state({
                 "model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
                 "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "max_top1": best,
                 "num_classes": num_classes, "classes": list(train_ds.classes), "arch": arch,
                 "args": {k: v for k, v in vars(cfg).items() if isinstance(v, (str, int, float, bool, type(None), list))},
-                "rng": rng_state()}, CKPT_FORMAT)
+                "rng": rng_state()}, ckpt_path, CKPT_FORMAT)
     if not test:
         test = evaluate(model, val_loader, device=device, amp_dtype=run.amp_dtype, quiet=run.quiet)
     record = {"top1": test["top1"], "top5": test["top5"], "max_top1": max(best, test["top1"])}

@@ -34,8 +34,9 @@ from timm.layers import trunc_normal_
 from timm.optim import Lars
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ldae.engine.finetune_loop import (cosine_schedule, evaluate, load_train_state, resolve_lr, rng_state, save_train_state,
-                              set_rng_state, train_one_epoch)
+from ldae.engine.checkpoint import load_state, rng_state, save_state, set_rng_state
+from ldae.engine.finetune_loop import evaluate, train_one_epoch
+from ldae.engine.lr_schedule import cosine_schedule, resolve_lr
 from ldae.eval.features import FeatureExtractor
 from ldae.eval.configs import ProbeConfig
 
@@ -210,7 +211,7 @@ def _run_paper(cfg: ProbeConfig, run: Any) -> tuple[Any, Dataset, Dataset, Probe
     """The App. A protocol; returns (backbone, train set, val set, result)."""
     from timm.data import create_transform
 
-    from ldae.eval.features import backbone_from_config
+    from ldae.eval.backbones import backbone_from_config
     from ldae.eval.run import build_splits, describe_backbone
 
     backbone = backbone_from_config(cfg)
@@ -259,7 +260,7 @@ def _run_paper(cfg: ProbeConfig, run: Any) -> tuple[Any, Dataset, Dataset, Probe
     start_epoch, step, best = 0, 0, 0.0
     resume = cfg.resume or (str(ckpt_path) if cfg.auto_resume and ckpt_path.is_file() else None)
     if resume:
-        state = load_train_state(resume, CKPT_FORMAT)
+        state = load_state(resume, CKPT_FORMAT, what="probe checkpoint")
         if state["num_classes"] != num_classes:
             raise ValueError(f"{resume} holds a head for {state['num_classes']} classes; the data has {num_classes}")
         head.load_state_dict(state["head"])
@@ -284,11 +285,11 @@ def _run_paper(cfg: ProbeConfig, run: Any) -> tuple[Any, Dataset, Dataset, Probe
         run.log(record)
         run.print(_epoch_line(record, cfg.epochs))
         if run.is_main:
-            save_train_state(ckpt_path, {
+            save_state({
                 "head": head.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step,
                 "max_top1": best, "num_classes": num_classes, "classes": list(train_ds.classes),
                 "args": {k: v for k, v in vars(cfg).items() if isinstance(v, (str, int, float, bool, type(None), list))},
-                "rng": rng_state()}, CKPT_FORMAT)
+                "rng": rng_state()}, ckpt_path, CKPT_FORMAT)
     if not test:  # resumed after the last epoch: evaluate what the checkpoint holds
         test = evaluate(probe, val_loader, device=device, amp_dtype=run.amp_dtype, quiet=run.quiet)
     return backbone, train_ds, val_ds, ProbeResult(test["top1"], test["top5"], max(best, test["top1"]), _plain_head(head),

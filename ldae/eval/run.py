@@ -128,7 +128,7 @@ class Run:
     # -------------------------------------------------------------- records
     @staticmethod
     def backbone_record(backbone: Any) -> dict[str, Any]:
-        from ldae.eval.features import to_jsonable
+        from ldae.eval.backbones import to_jsonable
 
         return {"model": backbone.spec, "model_source": backbone.source, "t": backbone.t,
                 "data_config": to_jsonable(backbone.data_config)}
@@ -165,7 +165,7 @@ def _device_name(device: torch.device) -> str:
 
 def describe_backbone(backbone: Any, view: str = "clean") -> str:
     """One line naming the backbone, its feature size, level t, input view and preprocessing."""
-    from ldae.eval.features import to_jsonable
+    from ldae.eval.backbones import to_jsonable
 
     t = "" if backbone.t is None else f", t={backbone.t}"
     return (f"backbone {backbone.spec} ({backbone.source}, {backbone.num_features}-d features{t}"
@@ -180,8 +180,10 @@ def extract_split_features(cfg: Any, run: Run, train: Dataset, val: Dataset, bat
     """
     from timm.data import create_transform
 
-    from ldae.data.folders import default_cache_dir
-    from ldae.eval.features import FeatureExtractor, backbone_from_config, cached_features, dataset_identity, to_jsonable
+    from ldae.data.archives import default_cache_dir
+    from ldae.eval.features import FeatureExtractor
+    from ldae.eval.backbones import backbone_from_config, to_jsonable
+    from ldae.eval.feature_cache import cached_features, dataset_identity
 
     backbone = backbone_from_config(cfg)
     data_cfg = backbone.data_config

@@ -61,7 +61,8 @@ def _check_args(cfg: FitPCAConfig) -> None:
 
 def fit_from_config(cfg: FitPCAConfig) -> tuple[PatchPCA, dict[str, str]]:
     """Fit the tokenizer ``cfg`` describe; returns it and the provenance metadata to save with it."""
-    from ldae.data.folders import build_dataset, build_transform
+    from ldae.data.folders import build_dataset
+    from ldae.data.transforms import build_transform
 
     _check_args(cfg)
     mean, std = NORMS[cfg.norm]

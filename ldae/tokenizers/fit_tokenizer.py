@@ -92,7 +92,9 @@ def fit_from_config(cfg: FitTokenizerConfig) -> tuple[PatchAE | PixelTokenizer, 
     if cfg.kind == "pixel":
         return PixelTokenizer(cfg.patch_size, cfg.token_patch, 3, mean, std), meta
 
-    from ldae.data.folders import build_dataset, build_transform
+    from ldae.data.folders import build_dataset
+
+    from ldae.data.transforms import build_transform
 
     transform = build_transform(cfg.img_size, train=False, mean=mean, std=std, crop_pct=1.0, interpolation=cfg.interpolation)
     dataset = build_dataset(cfg.data, cfg.split, transform, bad_images=cfg.bad_images)

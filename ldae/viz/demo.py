@@ -60,7 +60,7 @@ def _is_file_spec(spec: str | None) -> bool:
 
 def _features(spec: str, trained: bool, paths: list[str] | None, limit: int, denoiser: Any) -> tuple[torch.Tensor, str]:
     """Pooled features (B, D) of the images through the backbone ``spec`` (preprocessed as its cfg says)."""
-    from ldae.eval.features import create_backbone, resolve_data_config
+    from ldae.eval.backbones import create_backbone, resolve_data_config
 
     if denoiser is not None and _is_file_spec(spec) and spec.endswith(".safetensors"):
         from ldae.models.export import export_to_timm  # a denoiser file: fold its encoder at the eval level
