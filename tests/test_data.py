@@ -415,6 +415,23 @@ def test_build_transform_center_crop_and_normalization():
     assert abs(tight[0, 0, 0].item() * 255 - 64) < 1.01
 
 
+def test_center_crop_is_the_transform_evaluation_uses(cifar_root):
+    """Pretraining's center crop and the probe's timm eval transform give the same pixels, bit for bit."""
+    from timm.data import create_transform
+
+    imgs = [Image.open(p).convert("RGB") for p in sorted((cifar_root / "cifar10-jpeg" / "train" / "cat").iterdir())[:4]]
+    imgs.append(Image.new("RGB", (300, 200), (255, 0, 51)))
+    for size, pct, interp in ((32, 1.0, "bicubic"), (24, 0.875, "bilinear"), (64, 1.0, "bicubic")):
+        ours = build_transform(size, train=False, mean=MEAN, std=STD, crop_pct=pct, interpolation=interp)
+        evaluation = create_transform(size, is_training=False, interpolation=interp, mean=MEAN, std=STD, crop_pct=pct)
+        assert all(torch.equal(ours(im), evaluation(im)) for im in imgs), (size, pct, interp)
+    flipped = build_transform(32, train=True, mean=MEAN, std=STD, hflip=True)
+    torch.manual_seed(0)
+    outs = [flipped(imgs[0]) for _ in range(16)]
+    plain = build_transform(32, train=False, mean=MEAN, std=STD)(imgs[0])
+    assert any(torch.equal(o, plain) for o in outs) and any(torch.equal(o, plain.flip(-1)) for o in outs)
+
+
 def test_build_transform_train_and_errors():
     t = build_transform(64, train=True, mean=MEAN, std=STD, crop="random_resized", hflip=True)
     assert "RandomResizedCrop(size=(64, 64), scale=(0.2, 1.0)" in repr(t) and "RandomHorizontalFlip" in repr(t)

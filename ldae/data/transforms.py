@@ -1,7 +1,14 @@
-"""The resize / crop / flip / normalize pipeline of pretraining and tokenizer fitting (torchvision ops)."""
+"""The resize / crop / flip / normalize pipeline of pretraining and tokenizer fitting.
+
+The center crop is timm's evaluation transform (``timm.data.create_transform``, the one the probe,
+k-NN and fine-tuning use too), so a model sees the same pixels in pretraining and evaluation. The
+random crop is torchvision's ``RandomResizedCrop``, MAE's pretraining crop: timm's
+``RandomResizedCropAndInterpolation`` draws its box differently, so it would change the crops of
+every ``--crop random_resized`` run. The GPU-resident path (:mod:`ldae.data.resident`) does the
+same crops on the device.
+"""
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -27,6 +34,7 @@ def build_transform(img_size: int, train: bool, mean: Sequence[float], std: Sequ
     ``interpolation`` is a torchvision ``InterpolationMode`` value ('bicubic', 'bilinear', ...);
     PIL resizing is antialiased. Output is ``(x / 255 - mean) / std`` per channel.
     """
+    from timm.data import create_transform
     from torchvision import transforms as T
 
     if crop not in ("center", "random_resized"):
@@ -34,11 +42,12 @@ def build_transform(img_size: int, train: bool, mean: Sequence[float], std: Sequ
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
     interp = T.InterpolationMode(interpolation)
+    flip: list[Any] = [T.RandomHorizontalFlip()] if train and hflip else []
     if train and crop == "random_resized":
-        ops: list[Any] = [T.RandomResizedCrop(img_size, scale=scale, ratio=ratio, interpolation=interp)]
-    else:
-        ops = [T.Resize(math.floor(img_size / crop_pct), interpolation=interp), T.CenterCrop(img_size)]
-    if train and hflip:
-        ops.append(T.RandomHorizontalFlip())
-    ops += [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
-    return T.Compose(ops)
+        crop_ops = [T.RandomResizedCrop(img_size, scale=scale, ratio=ratio, interpolation=interp)]
+        return T.Compose([*crop_ops, *flip, T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))])
+    # timm's eval transform: Resize(floor(img_size / crop_pct)), CenterCrop, to tensor, Normalize.
+    center = create_transform(img_size, is_training=False, interpolation=interpolation, mean=tuple(mean),
+                              std=tuple(std), crop_pct=crop_pct)
+    center.transforms[2:2] = flip  # after the crop, before the conversion to a tensor
+    return center
