@@ -87,12 +87,45 @@ def run(cmd: list[str], env: dict[str, str]) -> None:
     subprocess.run(cmd, check=True, env=env)
 
 
+VARYING = ("commit", "seconds")  # what may differ between two runs of the same code
+
+
+def differences(a, b, path: str = "") -> list[str]:
+    """The paths where two fingerprints differ (keys in :data:`VARYING` left out)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k in VARYING:
+                continue
+            if k not in a or k not in b:
+                out.append(f"{path}/{k} (one side only)")
+            else:
+                out += differences(a[k], b[k], f"{path}/{k}")
+        return out
+    return [] if a == b else [path]
+
+
+def count_tensors(fp) -> int:
+    if isinstance(fp, dict):
+        return sum(count_tensors(v) for v in fp.values())
+    return int(isinstance(fp, str) and ":torch." in fp)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--work", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--data")
+    p.add_argument("--work")
+    p.add_argument("--out")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="compare two fingerprint files instead")
     a = p.parse_args()
+    if a.compare:
+        before, after = (json.loads(Path(f).read_text()) for f in a.compare)
+        diff = differences(before, after)
+        print(f"{count_tensors(after)} tensors and every recorded result compared: "
+              + ("identical" if not diff else f"{len(diff)} differences: {diff}"))
+        return int(bool(diff))
+    if not (a.data and a.work and a.out):
+        p.error("--data, --work and --out are required (or --compare BEFORE AFTER)")
     work = Path(a.work)
     data = small_folder(a.data, work / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}

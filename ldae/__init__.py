@@ -10,8 +10,8 @@ Importing this package registers the ``ldae_vit_*`` architectures with timm::
 __version__ = "0.1.0"
 
 from ldae.models import registry as zoo  # noqa: E402,F401  (registers the models with timm)
-from ldae.models.sizes import SIZES, ModelSize, get_size  # noqa: E402
-from ldae.models.export import export_to_timm, vit_kwargs  # noqa: E402
+from ldae.models.sizes import SIZES, ModelSize, get_size, vit_kwargs  # noqa: E402
+from ldae.models.export import export_to_timm  # noqa: E402
 from ldae.models.ldae import LDAE, LDAEOutput, build_ldae  # noqa: E402
 from ldae.diffusion.noise import AddLatentNoise, LatentNoise  # noqa: E402
 from ldae.diffusion.schedules import build_schedule  # noqa: E402

@@ -6,7 +6,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from ldae.models.sizes import SIZES, ModelSize
-from ldae.models.export import export_encoder_state_dict, export_to_timm, vit_kwargs
+from ldae.models.export import export_encoder_state_dict, export_to_timm
+from ldae.models.sizes import vit_kwargs
 from ldae.models.layers import AdaLNBlock
 from ldae.diffusion.loss import pca_weighted_loss
 from ldae.models.ldae import LDAE

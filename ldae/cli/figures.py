@@ -19,7 +19,7 @@ import torch
 from ldae.viz import figures as viz
 from ldae.engine.metrics_log import read_jsonl
 from ldae.data.samples import load_images
-from ldae.release.denoiser import load_denoiser, load_tokenizer
+from ldae.release.denoiser import load_denoiser, resolve_tokenizer
 from ldae.tokenizers.pca import DIT_NORM
 
 __all__ = ["get_args_parser", "main"]
@@ -97,11 +97,11 @@ def _figure(args: argparse.Namespace):
         records = read_jsonl(args.log)
         return viz.curves_figure(records, args.keys, args.x, tuple(args.size), title=args.log), f"{len(records)} records of {args.log}"
     if args.kind == "bases":
-        tok, name = load_tokenizer(args.tokenizer)
+        tok, name = resolve_tokenizer(args.tokenizer)
         title = f"top-{args.k} PCA bases ({tok.patch_size}x{tok.patch_size}x{tok.in_chans}) of {name}"
         return viz.bases_figure(tok, args.k, args.cols, title=title), title
     if args.kind == "noise":
-        tok, name = load_tokenizer(args.tokenizer)
+        tok, name = resolve_tokenizer(args.tokenizer)
         img_size = args.img_size or (256 if tok.patch_size >= 16 else 32)
         x, names = load_images(args.images, img_size, tok.norm_mean, tok.norm_std, args.limit)
         cmp = viz.pixel_vs_latent_noise(x, tok, args.sigma, args.d, args.whiten, args.seed)

@@ -182,7 +182,8 @@ def _create_timm(name: str, pretrained: bool, num_classes: int | None, kwargs: d
 
 def _from_ldae_checkpoint(path: str, t: int | None, use_ema: bool, num_classes: int | None, kwargs: dict[str, Any]) -> Backbone:
     from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from ldae.models.export import export_to_timm, vit_kwargs
+    from ldae.models.export import export_to_timm
+    from ldae.models.sizes import vit_kwargs
 
     ckpt = load_checkpoint(path)  # FileNotFoundError / ValueError naming the file
     ldae_model = model_from_checkpoint(ckpt, use_ema=use_ema)

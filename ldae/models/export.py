@@ -21,30 +21,11 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from ldae.models.sizes import ModelSize
+from ldae.models import registry  # building by name needs the architectures registered with timm
 from ldae.models.ldae import LDAE
+from ldae.models.sizes import ModelSize, vit_kwargs
 
 __all__ = ["vit_kwargs", "export_encoder_state_dict", "export_to_timm", "timm_arch"]
-
-
-def vit_kwargs(size: ModelSize) -> dict[str, Any]:
-    """``VisionTransformer`` arguments of the encoder of ``size`` (JSON-serialisable, for save_for_hf)."""
-    return dict(
-        img_size=size.img_size,
-        patch_size=size.patch_size,
-        in_chans=size.in_chans,
-        num_classes=0,
-        global_pool="avg",
-        embed_dim=size.embed_dim,
-        depth=size.enc_depth,
-        num_heads=size.num_heads,
-        mlp_ratio=size.mlp_ratio,
-        qkv_bias=True,
-        class_token=False,
-        fc_norm=False,
-        final_norm=False,
-        act_layer="gelu_tanh",
-    )
 
 
 @torch.no_grad()
@@ -106,11 +87,10 @@ def timm_arch(size: ModelSize) -> tuple[str, dict[str, Any]]:
     A registered size whose encoder matches gives its own name and no args; any other shape gives
     ``ldae_vit_custom`` and the args that rebuild it (recorded in an export's config.json).
     """
-    from ldae.models import registry as zoo  # registers the architectures (imported here: the zoo itself imports this module)
     from ldae.models.sizes import SIZES
 
     enc = vit_kwargs(size)
     for name, s in SIZES.items():
         if vit_kwargs(s) == enc:
-            return zoo.ARCH_PREFIX + name, {}
-    return zoo.CUSTOM_ARCH, zoo.custom_vit_args(size)
+            return registry.ARCH_PREFIX + name, {}
+    return registry.CUSTOM_ARCH, registry.custom_vit_args(size)

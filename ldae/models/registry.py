@@ -22,7 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from ldae.models.sizes import SIZES, ModelSize
-from ldae.models.export import vit_kwargs
+from ldae.models.sizes import vit_kwargs
 from ldae.release.checksums import verify_export
 from ldae.tokenizers.pca import DIT_NORM
 from ldae.release.manifest import ARCH_PREFIX, CUSTOM_ARCH, CUSTOM_DEFAULT_SIZE, UNTRAINED_TAG, Manifest, load_manifest, no_weights_message, verify_file

@@ -6,8 +6,9 @@ here, so a size is defined exactly once.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
-__all__ = ["ModelSize", "SIZES", "get_size"]
+__all__ = ["ModelSize", "SIZES", "get_size", "vit_kwargs"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,23 @@ def get_size(name: str | ModelSize) -> ModelSize:
     if name not in SIZES:
         raise ValueError(f"unknown l-DAE size {name!r}; expected one of {sorted(SIZES)}")
     return SIZES[name]
+
+
+def vit_kwargs(size: ModelSize) -> dict[str, Any]:
+    """``VisionTransformer`` arguments of the encoder of ``size`` (JSON-serialisable, for save_for_hf)."""
+    return dict(
+        img_size=size.img_size,
+        patch_size=size.patch_size,
+        in_chans=size.in_chans,
+        num_classes=0,
+        global_pool="avg",
+        embed_dim=size.embed_dim,
+        depth=size.enc_depth,
+        num_heads=size.num_heads,
+        mlp_ratio=size.mlp_ratio,
+        qkv_bias=True,
+        class_token=False,
+        fc_norm=False,
+        final_norm=False,
+        act_layer="gelu_tanh",
+    )

@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from ldae.models.export import vit_kwargs
+from ldae.models.sizes import vit_kwargs
 from ldae.models.ldae import LDAE
 
 __all__ = ["init_encoder_from_vit"]

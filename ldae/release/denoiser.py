@@ -27,7 +27,7 @@ from ldae.tokenizers.pca import PatchPCA
 from ldae.release.manifest import load_manifest, split_name, verify_file
 
 __all__ = [
-    "DENOISER_FORMAT", "DEFAULT_TOKENIZER_ARCH", "load_tokenizer", "released_tags", "denoiser_tags",
+    "DENOISER_FORMAT", "DEFAULT_TOKENIZER_ARCH", "resolve_tokenizer", "released_tags", "denoiser_tags",
     "save_denoiser", "load_denoiser_file", "load_denoiser",
 ]
 
@@ -37,7 +37,7 @@ DEFAULT_TOKENIZER_ARCH = "ldae_vit_base"
 _CKPT_SUFFIXES = (".pth", ".pt", ".ckpt")
 
 
-def load_tokenizer(spec: str | None = None) -> tuple[PatchPCA, str]:
+def resolve_tokenizer(spec: str | None = None) -> tuple[PatchPCA, str]:
     """(tokenizer, description) from a patch-PCA ``.safetensors`` file, a model name or tag
     (its tokenizer, :func:`ldae.release.manifest.get_tokenizer`), or ``None``: the shipped 16x16 PCA."""
     from ldae.release.manifest import get_tokenizer

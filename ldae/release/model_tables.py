@@ -9,7 +9,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from ldae.models.sizes import SIZES
-from ldae.models.export import vit_kwargs
+from ldae.models.sizes import vit_kwargs
 from ldae.release.manifest import Manifest, load_manifest
 
 __all__ = ["architectures_table", "weights_table", "tokenizers_table", "render"]

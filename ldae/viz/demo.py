@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from ldae.viz import figures as viz
 from ldae.utils.io import atomic_path, save_safetensors
 from ldae.utils.progress import progress
 from ldae.data.samples import load_images
-from ldae.release.denoiser import DEFAULT_TOKENIZER_ARCH, denoiser_tags, load_denoiser, load_tokenizer, released_tags
+from ldae.release.denoiser import DEFAULT_TOKENIZER_ARCH, denoiser_tags, load_denoiser, resolve_tokenizer, released_tags
 from ldae.tokenizers.pca import DIT_NORM
 from ldae.viz.demo_config import DemoConfig
 
@@ -111,9 +110,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     if denoiser is not None and denoiser.tokenizer is not None:
         tok, tok_name = denoiser.tokenizer, f"the tokenizer of {res.denoiser}"
     elif spec is not None and not _is_file_spec(spec):
-        tok, tok_name = load_tokenizer(spec)
+        tok, tok_name = resolve_tokenizer(spec)
     else:
-        tok, tok_name = load_tokenizer(cfg.tokenizer)
+        tok, tok_name = resolve_tokenizer(cfg.tokenizer)
     img_size = denoiser.size.img_size if denoiser is not None else (256 if tok.patch_size >= 16 else 32)
     x, res.images = load_images(cfg.images, img_size, tok.norm_mean, tok.norm_std, cfg.limit)
     say(f"images ({len(res.images)}, {img_size}x{img_size} px): {', '.join(res.images)}")
