@@ -47,7 +47,7 @@ from ldae.utils.amp import cpu_flags, device_name, set_fused_attention  # noqa: 
 from ldae.engine.pretrain_loop import StepConfig, TrainState, train_step  # noqa: E402
 from ldae.models.flops import model_train_flops, vit_mse_train_flops  # noqa: E402
 from ldae.models.ldae import LDAE  # noqa: E402
-from ldae.eval.run import git_commit  # noqa: E402
+from ldae.utils.provenance import git_commit  # noqa: E402
 from ldae.models.size_spec import parse_model_spec  # noqa: E402
 from ldae.tokenizers.pca import PatchPCA  # noqa: E402
 

@@ -43,7 +43,7 @@ from ldae.engine.pretrain_loop import StepConfig, TrainState, train_step  # noqa
 from ldae.models.flops import measure_matmul_peak, mfu, model_train_flops, vit_mse_train_flops  # noqa: E402
 from ldae.models.ldae import LDAE  # noqa: E402
 from ldae.data.pretrain_data import GPUResidentData  # noqa: E402
-from ldae.eval.run import git_commit  # noqa: E402
+from ldae.utils.provenance import git_commit  # noqa: E402
 from ldae.models.size_spec import parse_model_spec  # noqa: E402
 from ldae.tokenizers.pca import DIT_NORM, PatchPCA, patchify  # noqa: E402
 

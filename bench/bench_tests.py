@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from ldae.utils.amp import device_name  # noqa: E402
-from ldae.eval.run import git_commit  # noqa: E402
+from ldae.utils.provenance import git_commit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ldae.engine.metrics_log import read_jsonl  # noqa: E402
-from ldae.eval.run import git_commit  # noqa: E402
+from ldae.utils.provenance import git_commit  # noqa: E402
 
 
 def _result(folder: Path, recipe: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ldae.utils.io import atomic_write_text  # noqa: E402
-from ldae.eval.run import git_commit  # noqa: E402
+from ldae.utils.provenance import git_commit  # noqa: E402
 
 DEFAULT_MODEL = "custom:img=32,patch=8,dim=192,enc=4,dec=4,heads=3,d=16"
 

@@ -303,7 +303,7 @@ def test_help_documents_both_lr_conventions():
     (["/src/ldae/probe.py", "--mode", "cached"], "python -m ldae.probe --mode cached"),
 ])
 def test_results_record_the_command_as_typed(monkeypatch, argv, want):
-    from ldae.eval.run import command_line
+    from ldae.utils.provenance import command_line
 
     monkeypatch.setattr("sys.argv", argv)
     assert command_line() == want
