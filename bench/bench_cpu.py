@@ -43,13 +43,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 import timm  # noqa: E402
 
 from bench_pretrain import TimmMSE  # noqa: E402
-from ldae.utils.amp import cpu_flags, device_name, set_fused_attention  # noqa: E402
 from ldae.engine.pretrain_loop import StepConfig, TrainState, train_step  # noqa: E402
 from ldae.models.flops import model_train_flops, vit_mse_train_flops  # noqa: E402
 from ldae.models.ldae import LDAE  # noqa: E402
-from ldae.utils.provenance import git_commit  # noqa: E402
 from ldae.models.size_spec import parse_model_spec  # noqa: E402
 from ldae.tokenizers.pca import PatchPCA  # noqa: E402
+from ldae.utils.amp import cpu_flags, device_name, set_fused_attention  # noqa: E402
+from ldae.utils.provenance import git_commit  # noqa: E402
 
 DEFAULT_SIZES = ("custom:img=32,patch=4,dim=64,enc=2,dec=2,heads=2,d=16", "custom:img=32,patch=4,dim=128,enc=4,dec=4,heads=4,d=16",
                  "micro_patch4_32",

@@ -38,14 +38,14 @@ sys.path.insert(0, str(ROOT))
 import timm  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
-from ldae.models.sizes import ModelSize, get_size  # noqa: E402
+from ldae.data.pretrain_data import GPUResidentData  # noqa: E402
 from ldae.engine.pretrain_loop import StepConfig, TrainState, train_step  # noqa: E402
 from ldae.models.flops import measure_matmul_peak, mfu, model_train_flops, vit_mse_train_flops  # noqa: E402
 from ldae.models.ldae import LDAE  # noqa: E402
-from ldae.data.pretrain_data import GPUResidentData  # noqa: E402
-from ldae.utils.provenance import git_commit  # noqa: E402
 from ldae.models.size_spec import parse_model_spec  # noqa: E402
+from ldae.models.sizes import ModelSize, get_size  # noqa: E402
 from ldae.tokenizers.pca import DIT_NORM, PatchPCA, patchify  # noqa: E402
+from ldae.utils.provenance import git_commit  # noqa: E402
 
 TARGETS = {"base_ldae_over_timm_compiled": 1.15, "base_ldae_compiled_mfu": 0.54, "cifar_end_to_end_img_per_s": 20000.0}
 SMOKE_SIZE = "custom:img=32,patch=4,dim=32,enc=1,dec=1,heads=2,d=8"

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 import timm  # noqa: E402
 
 from ldae.eval.feature_cache import load_features  # noqa: E402
-from ldae.utils.io import atomic_path  # noqa: E402
 from ldae.eval.probe import train_probe_on_features  # noqa: E402
+from ldae.utils.io import atomic_path  # noqa: E402
 from ldae.utils.provenance import git_commit  # noqa: E402
 
 TARGET_S = {"cuda": 60.0, "cpu": 300.0}

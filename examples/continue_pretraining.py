@@ -27,15 +27,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import ldae  # noqa: F401  (registers the ldae_vit_* models with timm)
-from ldae.models.model_config import build_model
-from ldae.engine.checkpoint import save_checkpoint
-from ldae.models.sizes import SIZES
-from ldae.data.transforms import build_transform
-from ldae.models.ldae import LDAE
 from ldae.data.samples import find_images
+from ldae.data.transforms import build_transform
+from ldae.engine.checkpoint import save_checkpoint
+from ldae.models.ldae import LDAE
+from ldae.models.model_config import build_model
 from ldae.models.size_spec import format_model_spec
-from ldae.release.denoiser import load_denoiser, released_tags
+from ldae.models.sizes import SIZES
 from ldae.models.warm_start import init_encoder_from_vit
+from ldae.release.denoiser import load_denoiser, released_tags
 from ldae.release.manifest import ARCH_PREFIX, get_noise_config, get_tokenizer
 
 

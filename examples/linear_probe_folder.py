@@ -21,10 +21,10 @@ import torch
 from torch.utils.data import Subset
 
 from ldae.data.folders import build_dataset
-
 from ldae.data.transforms import build_transform
-from ldae.eval.features import FeatureExtractor, extract_features
 from ldae.eval.backbones import create_backbone, resolve_data_config
+from ldae.eval.features import FeatureExtractor, extract_features
+from ldae.eval.configs import EvalDataConfig
 from ldae.eval.run import build_splits
 from ldae.release.denoiser import released_tags
 
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> float:
         n_val = max(1, round(args.val_fraction * len(full)))
         train, val = Subset(full, order[n_val:]), Subset(full, order[:n_val])
     except ValueError:  # several splits: train and val (or test), with matching class folders
-        ns = argparse.Namespace(data=args.data, train_split=args.train_split or "train", val_split=args.val_split, num_classes=None)
-        train, val = build_splits(ns, transform, transform)
+        splits = EvalDataConfig(data=args.data, train_split=args.train_split or "train", val_split=args.val_split)
+        train, val = build_splits(splits, transform, transform)
 
     extractor = FeatureExtractor.from_backbone(backbone)
     f_train, y_train = extract_features(extractor, train, batch_size=64, num_workers=0, desc="train features")

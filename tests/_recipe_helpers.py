@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from ldae.cli.model_flags import add_model_args
-from ldae.models.model_config import build_model
 from ldae.engine.checkpoint import save_checkpoint
 from ldae.models.ldae import LDAE
+from ldae.models.model_config import build_model
 from ldae.tokenizers.pca import PatchPCA
 
 

@@ -16,10 +16,10 @@ import torch
 
 from ldae.engine.checkpoint import save_checkpoint
 from ldae.models.export import export_encoder_state_dict
-from ldae.utils.io import save_safetensors, sha256_file
 from ldae.models.ldae import LDAE
 from ldae.release.denoiser import save_denoiser
 from ldae.tokenizers.pca import PatchPCA
+from ldae.utils.io import save_safetensors, sha256_file
 
 TAG = "ldae_vit_tiny_patch4_32.test"
 ARGS = dict(model="tiny_patch4_32", d=None, whiten=True, noise_space="latent", schedule="linear_sigma",

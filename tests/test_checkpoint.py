@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ldae.cli.model_flags import add_model_args
-from ldae.models.model_config import build_model
 from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ldae.models.model_config import build_model
 from ldae.tokenizers.linear_ae import PatchAE
 from ldae.tokenizers.pca import PatchPCA
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from timm.models.vision_transformer import Attention
 
-from ldae.utils import amp
 from ldae.models.ldae import LDAE
 from ldae.tokenizers.pca import PatchPCA
+from ldae.utils import amp
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")

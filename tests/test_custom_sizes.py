@@ -12,15 +12,15 @@ import timm
 import torch
 
 import ldae
-from ldae.utils import amp
 from ldae.cli import command as cli
-from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from ldae.models.export import export_to_timm, timm_arch
-from ldae.engine.pretrain import LAST
 from ldae.cli.pretrain import get_args_parser as pretrain_parser
 from ldae.cli.pretrain import main as pretrain_main
-from ldae.models.size_spec import format_model_spec, parse_model_spec
+from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ldae.engine.pretrain import LAST
+from ldae.models.export import export_to_timm, timm_arch
 from ldae.models.registry import CUSTOM_ARCH
+from ldae.models.size_spec import format_model_spec, parse_model_spec
+from ldae.utils import amp
 
 REPO = Path(__file__).resolve().parent.parent
 # Width 48 and 3 heads: a shape no registered size has, so the export must record all of it.

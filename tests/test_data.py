@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 import ldae.data.archives
 from ldae.data.archives import extract_archive
 from ldae.data.folders import TarImageDataset, build_dataset
+from ldae.data.resident import GPUAugment, GPUBatchLoader, load_uint8
 from ldae.data.shards import ShardDataset, expand_urls, write_shards
 from ldae.data.transforms import build_transform
-from ldae.data.resident import GPUAugment, GPUBatchLoader, load_uint8
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MEAN, STD = (0.4913, 0.4821, 0.4465), (0.247, 0.243, 0.261)

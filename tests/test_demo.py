@@ -10,16 +10,16 @@ from safetensors import safe_open
 
 from _tiny_release import ARGS, TAG, make_release, with_denoiser
 from ldae.cli import command as cli
-from ldae.viz import figures as viz
 from ldae.cli.configs import to_config
 from ldae.cli.demo import get_args_parser
+from ldae.data.samples import load_images
+from ldae.models.export import export_to_timm
+from ldae.release.denoiser import load_denoiser, load_denoiser_file, released_tags, save_denoiser
+from ldae.release.manifest import WeightsIntegrityError
+from ldae.tokenizers.pca import DIT_NORM, PatchPCA
+from ldae.viz import figures as viz
 from ldae.viz.demo import run_demo
 from ldae.viz.demo_config import DemoConfig
-from ldae.models.export import export_to_timm
-from ldae.data.samples import load_images
-from ldae.release.denoiser import load_denoiser, load_denoiser_file, released_tags, save_denoiser
-from ldae.tokenizers.pca import DIT_NORM, PatchPCA
-from ldae.release.manifest import WeightsIntegrityError
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from _tiny_release import TAG, make_release
+from ldae.data.samples import load_images
 from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ldae.models.export import export_encoder_state_dict, export_to_timm
-from ldae.data.samples import load_images
 from ldae.tokenizers.pca import DIT_NORM
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

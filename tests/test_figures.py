@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ldae.viz import figures as viz
-from ldae.models.sizes import ModelSize
 from ldae.cli.figures import main as figures_main, get_args_parser as figures_parser
 from ldae.engine.metrics_log import read_jsonl
 from ldae.models.ldae import LDAE
+from ldae.models.sizes import ModelSize
 from ldae.tokenizers.pca import PatchPCA, patchify
+from ldae.viz import figures as viz
 
 P = 4  # patch size of the tiny tokenizer
 TINY = ModelSize(32, P, 32, 1, 1, 2, default_d=8)

@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 
 from ldae.cli.command import main as cli_main
+from ldae.cli.fit_pca import get_args_parser, main
 from ldae.data.folders import build_dataset
 from ldae.data.transforms import build_transform
-from ldae.cli.fit_pca import get_args_parser, main
 from ldae.tokenizers.pca import DIT_NORM, IMAGENET_NORM, PatchPCA
 
 

@@ -4,12 +4,12 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
-from ldae.models.sizes import SIZES, ModelSize
 from ldae.models.flops import (
     TRAIN_FACTOR, ldae_forward_flops, ldae_train_flops, measure_matmul_peak, mfu, model_train_flops, vit_block_flops,
     vit_forward_flops, vit_mse_train_flops,
 )
 from ldae.models.ldae import LDAE
+from ldae.models.sizes import SIZES, ModelSize
 from ldae.tokenizers.pca import PatchPCA
 
 SIZE = ModelSize(32, 4, 64, 1, 1, 2, default_d=16)

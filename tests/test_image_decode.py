@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldae.data.shards import ShardDataset
-
 from ldae.data.folders import build_dataset
 from ldae.data.image_decode import BadImageError, decode_rgb, read_skipped
+from ldae.data.shards import ShardDataset
 
 ROOT = Path(__file__).resolve().parent.parent
 

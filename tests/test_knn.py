@@ -11,10 +11,10 @@ import torch
 import torch.multiprocessing as mp
 from _recipe_helpers import tiny_checkpoint
 
+from ldae.cli.knn import get_args_parser, main
 from ldae.engine import dist
 from ldae.engine.finetune_loop import evaluate
 from ldae.eval.features import FeatureExtractor, extract_features
-from ldae.cli.knn import get_args_parser, main
 from ldae.eval.knn import knn_classify, knn_evaluate, knn_scores
 
 

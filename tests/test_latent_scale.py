@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from ldae.cli.model_flags import add_model_args
-from ldae.models.model_config import build_model, saved_model_args
+from ldae.diffusion.noise import LatentNoise
 from ldae.models.export import export_to_timm
 from ldae.models.ldae import LDAE
-from ldae.diffusion.noise import LatentNoise
+from ldae.models.model_config import build_model, saved_model_args
 from ldae.models.size_spec import parse_model_spec
 from ldae.tokenizers.pca import PatchPCA, patchify, unpatchify
 

@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldae.engine.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
-from ldae.data.folders import build_dataset
-from ldae.data.transforms import build_transform
-from ldae.data.shards import write_shards
-from ldae.models.flops import model_train_flops
-from ldae.diffusion.loss import pca_weighted_loss
-from ldae.engine.metrics_log import MetricsLogger, read_jsonl
 from ldae.cli.pretrain import get_args_parser, main
-from ldae.engine.pretrain import EXIT_NONFINITE, LAST, resolve_batch
+from ldae.data.folders import build_dataset
 from ldae.data.sampler import GlobalBatchSampler, SeededSamples
+from ldae.data.shards import write_shards
+from ldae.data.transforms import build_transform
+from ldae.diffusion.loss import pca_weighted_loss
+from ldae.engine.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
+from ldae.engine.metrics_log import MetricsLogger, read_jsonl
+from ldae.engine.pretrain import EXIT_NONFINITE, LAST, resolve_batch
+from ldae.models.flops import model_train_flops
 from ldae.models.size_spec import parse_model_spec
 from ldae.tokenizers.pca import PatchPCA
 

@@ -10,13 +10,14 @@ import torch
 from _recipe_helpers import tiny_checkpoint, tiny_ldae
 from PIL import Image
 
-from ldae.engine.lr_schedule import cosine_schedule, resolve_lr
-from ldae.eval.features import FeatureExtractor
-from ldae.eval.feature_cache import cached_features, load_features
-from ldae.eval.backbones import create_backbone
-from ldae.diffusion.noise import LatentNoise
 from ldae.cli.probe import get_args_parser, main
+from ldae.diffusion.noise import LatentNoise
+from ldae.engine.lr_schedule import cosine_schedule, resolve_lr
+from ldae.eval.backbones import create_backbone
+from ldae.eval.feature_cache import cached_features, load_features
+from ldae.eval.features import FeatureExtractor
 from ldae.eval.probe import FeatureBatches, LinearHead, ProbeModel, build_lars, train_probe_on_features
+from ldae.eval.configs import EvalDataConfig
 from ldae.eval.run import build_splits
 
 
@@ -271,12 +272,12 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     data = tmp_path / "d"
     _folder(data, "train", ["cat", "dog"])
     _folder(data, "val", ["cat", "emu"])
-    ns = argparse.Namespace(data=str(data), train_split="train", val_split=None, num_classes=None)
+    ns = EvalDataConfig(data=str(data), train_split="train")
     with pytest.raises(ValueError, match=r"unknown classes \['emu'\] \(not in 'train'\), missing classes \['dog'\]"):
         build_splits(ns)
     data2 = tmp_path / "d2"
     _folder(data2, "train", ["cat", "dog"])
-    ns = argparse.Namespace(data=str(data2), train_split="train", val_split=None, num_classes=None)
+    ns = EvalDataConfig(data=str(data2), train_split="train")
     with pytest.raises(ValueError, match="no evaluation split in .*: expected a 'val' or 'test' folder"):
         build_splits(ns)
     (data2 / "val" / "cat").mkdir(parents=True)  # an empty split
@@ -284,7 +285,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="split 'val' not found"):
         build_splits(ns)
     _folder(data2, "test", ["cat", "dog"])
-    ns = argparse.Namespace(data=str(data2), train_split="train", val_split="test", num_classes=5)
+    ns = EvalDataConfig(data=str(data2), train_split="train", val_split="test", num_classes=5)
     with pytest.raises(ValueError, match=r"--num-classes 5 does not match the 2 class folders"):
         build_splits(ns)
     with pytest.raises(ValueError, match=r"--batch-size 16384 exceeds the 4 training samples"):

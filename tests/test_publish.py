@@ -12,12 +12,12 @@ import timm
 import torch
 
 import ldae
-from ldae.release import manifest as W
+from ldae.cli.export import get_args_parser, main
 from ldae.cli.model_flags import add_model_args
-from ldae.models.model_config import build_model
 from ldae.engine.checkpoint import save_checkpoint
 from ldae.models.export import export_to_timm
-from ldae.cli.export import get_args_parser, main
+from ldae.models.model_config import build_model
+from ldae.release import manifest as W
 from ldae.release.export_folder import _shipped_tokenizer_name
 from ldae.tokenizers.pca import PatchPCA
 

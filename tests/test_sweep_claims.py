@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ldae.models.model_config import MODEL_ARG_NAMES
 from ldae.engine.checkpoint import load_checkpoint
+from ldae.models.model_config import MODEL_ARG_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "custom:img=32,patch=8,dim=32,enc=2,dec=2,heads=2,d=8"

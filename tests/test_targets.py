@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from ldae.diffusion.loss import pca_weighted_loss
-from ldae.models.ldae import LDAE
 from ldae.diffusion.noise import LatentNoise, NoisyBatch
 from ldae.diffusion.schedules import LinearGammaSqSchedule, LinearSigmaSchedule
 from ldae.diffusion.targets import (
     TARGETS, check_target, decoded_image_loss, eps_loss, latent_mse, prediction_target, target_loss, target_space,
     z0_loss,
 )
+from ldae.models.ldae import LDAE
 from ldae.tokenizers.pca import PatchPCA, patchify
 
 TINY = "custom:img=16,patch=4,dim=32,enc=1,dec=1,heads=2"

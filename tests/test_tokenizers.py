@@ -5,12 +5,12 @@ import torch.nn.functional as F
 
 from ldae.cli import fit_tokenizer as fit_tokenizer_cli
 from ldae.cli.configs import to_config
+from ldae.models.ldae import LDAE
 from ldae.tokenizers import fit_tokenizer
 from ldae.tokenizers.fit_config import FitTokenizerConfig
-from ldae.models.ldae import LDAE
 from ldae.tokenizers.linear_ae import PatchAE, PatchVAE, gaussian_kl, sample_patches
-from ldae.tokenizers.pixel import PixelTokenizer
 from ldae.tokenizers.pca import DIT_NORM, IMAGENET_NORM, PatchPCA, patchify
+from ldae.tokenizers.pixel import PixelTokenizer
 from ldae.tokenizers.registry import (
     TOKENIZER_FORMATS, Tokenizer, fixed_latent_dim, load_tokenizer, patch_affine, tokenizer_from_state_dict,
     tokenizer_kind,

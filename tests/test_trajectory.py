@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from ldae.cli.model_flags import add_model_args
-from ldae.models.model_config import TRAJECTORY_ARG_DEFAULTS, build_model
 from ldae.models.export import export_to_timm
 from ldae.models.ldae import LDAE
+from ldae.models.model_config import TRAJECTORY_ARG_DEFAULTS, build_model
 from ldae.tokenizers.linear_ae import PatchAE, PatchVAE
-from ldae.tokenizers.pixel import PixelTokenizer
 from ldae.tokenizers.pca import PatchPCA
+from ldae.tokenizers.pixel import PixelTokenizer
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "trajectory.md"
 TINY = "custom:img=32,patch=16,dim=32,enc=1,dec=1,heads=2"

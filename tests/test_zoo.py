@@ -16,10 +16,10 @@ import ldae
 import timm
 import timm.data
 import timm.optim
-from ldae.release import manifest as W
 from ldae.models.sizes import SIZES
-from ldae.utils.io import save_safetensors, sha256_file
+from ldae.release import manifest as W
 from ldae.tokenizers.pca import DIT_NORM, PatchPCA, patchify
+from ldae.utils.io import save_safetensors, sha256_file
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 

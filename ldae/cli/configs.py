@@ -31,14 +31,12 @@ def flag_dests(parser: argparse.ArgumentParser) -> set[str]:
     return dests
 
 
-def bind_config(parser: argparse.ArgumentParser, cls: type[Config], exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    """Give ``parser`` the defaults of ``cls`` (sub-parsers too); ``TypeError`` when flags and fields differ.
-
-    ``exclude`` names fields that are not flags (set by the command itself)."""
+def bind_config(parser: argparse.ArgumentParser, cls: type[Config]) -> argparse.ArgumentParser:
+    """Give ``parser`` the defaults of ``cls`` (sub-parsers too); ``TypeError`` when flags and fields differ."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     dests = flag_dests(parser)
     missing = sorted(dests - set(fields))
-    extra = sorted(set(fields) - dests - set(exclude))
+    extra = sorted(set(fields) - dests)
     if missing or extra:
         raise TypeError(f"{parser.prog}: flags without a field of {cls.__name__}: {missing}; fields without a flag: {extra}")
     defaults = {name: _default(f) for name, f in fields.items() if name in dests}

@@ -5,8 +5,8 @@ import argparse
 import time
 
 from ldae.cli.configs import bind_config, to_config
-from ldae.viz.demo_config import DemoConfig
 from ldae.viz.demo import run_demo
+from ldae.viz.demo_config import DemoConfig
 
 __all__ = ["get_args_parser", "main", "CONFIG"]
 

@@ -16,11 +16,11 @@ import os
 
 import torch
 
-from ldae.viz import figures as viz
-from ldae.engine.metrics_log import read_jsonl
 from ldae.data.samples import load_images
+from ldae.engine.metrics_log import read_jsonl
 from ldae.release.denoiser import load_denoiser, resolve_tokenizer
 from ldae.tokenizers.pca import DIT_NORM
+from ldae.viz import figures as viz
 
 __all__ = ["get_args_parser", "main"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 
 from ldae.cli.configs import bind_config, to_config
-from ldae.tokenizers.fit_config import FitTokenizerConfig
-from ldae.tokenizers.fit_tokenizer import run_fit_tokenizer
 from ldae.cli.shared_flags import add_bad_images_arg
 from ldae.tokenizers.base import NORMS
+from ldae.tokenizers.fit_config import FitTokenizerConfig
+from ldae.tokenizers.fit_tokenizer import run_fit_tokenizer
 from ldae.tokenizers.fit_tokenizer import KINDS
 
 __all__ = ["get_args_parser", "main", "CONFIG"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 
 from ldae.cli.configs import bind_config, to_config
+from ldae.cli.shared_flags import add_backbone_args, add_data_args, add_runtime_args
 from ldae.eval.configs import KnnConfig
 from ldae.eval.knn import run_knn
-from ldae.cli.shared_flags import add_backbone_args, add_data_args, add_runtime_args
 
 __all__ = ["get_args_parser", "main", "CONFIG"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from ldae.cli.shared_flags import add_bad_images_arg
 from ldae.cli.configs import bind_config, to_config
 from ldae.cli.model_flags import add_model_args
+from ldae.cli.shared_flags import add_bad_images_arg
 from ldae.engine.pretrain import SKIPPED_FILE, run_pretrain
 from ldae.engine.pretrain_config import PretrainConfig
 from ldae.tokenizers.base import NORMS

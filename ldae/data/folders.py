@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldae.data.image_decode import BAD_IMAGE_POLICIES, IMG_EXTENSIONS, SKIP_HINT, BadImageError, decode_rgb, is_image_name, record_skip
 from ldae.data.archives import extract_archive, normalize_member
+from ldae.data.image_decode import BAD_IMAGE_POLICIES, IMG_EXTENSIONS, SKIP_HINT, BadImageError, decode_rgb, is_image_name, record_skip
 
 __all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "TarImageDataset", "Transform", "build_dataset"]
 

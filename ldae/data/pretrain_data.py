@@ -20,14 +20,12 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ldae.data.shards import ShardDataset
-
 from ldae.data.folders import build_dataset
-
-from ldae.data.transforms import build_transform
-from ldae.data.resident import GPUAugment, load_uint8
 from ldae.data.image_decode import ImagePolicy
+from ldae.data.resident import GPUAugment, load_uint8
 from ldae.data.sampler import GlobalBatchSampler, SeededSamples, mix_seed
+from ldae.data.shards import ShardDataset
+from ldae.data.transforms import build_transform
 
 __all__ = ["PretrainData", "LoaderData", "GPUResidentData", "ShardData", "check_min_image_size"]
 

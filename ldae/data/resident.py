@@ -30,8 +30,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from ldae.data.folders import build_dataset
-from ldae.data.sampler import dist_info, seed_int
 from ldae.data.image_decode import ImagePolicy
+from ldae.data.sampler import dist_info, seed_int
 
 __all__ = ["GPUAugment", "GPUBatchLoader", "load_uint8"]
 

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ldae.data.image_decode import BAD_IMAGE_POLICIES, SKIP_HINT, BadImageError, decode_rgb, record_skip
 from ldae.data.folders import IMG_EXTENSIONS, Transform, _LabeledImages
+from ldae.data.image_decode import BAD_IMAGE_POLICIES, SKIP_HINT, BadImageError, decode_rgb, record_skip
 from ldae.data.sampler import dist_info, seed_int
 
 __all__ = ["ShardDataset", "expand_urls", "write_shards"]

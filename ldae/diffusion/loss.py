@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ldae.utils.amp import float32_region
-
 from ldae.tokenizers.pca import PatchPCA, patchify
+from ldae.utils.amp import float32_region
 
 __all__ = ["pca_weighted_loss"]
 

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ldae.utils.amp import float32_region
-from ldae.utils.checks import check_images
 from ldae.diffusion.schedules import LinearSigmaSchedule, NoiseSchedule
 from ldae.tokenizers.pca import PatchPCA, patchify, unpatchify
 from ldae.tokenizers.registry import patch_affine
+from ldae.utils.amp import float32_region
+from ldae.utils.checks import check_images
 
 __all__ = ["NoisyBatch", "LatentNoise", "AddLatentNoise", "NOISE_SPACES", "INPUT_SPACES", "LATENT_SCALES"]
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import torch
 
-from ldae.utils.amp import float32_region
 from ldae.diffusion.loss import pca_weighted_loss
 from ldae.diffusion.noise import LatentNoise, NoisyBatch
 from ldae.tokenizers.pca import PatchPCA
+from ldae.utils.amp import float32_region
 
 __all__ = [
     "TARGETS", "target_space", "check_target", "latent_mse", "eps_loss", "z0_loss", "decoded_image_loss",

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from ldae.models.model_config import build_model
-from ldae.utils.io import atomic_path
 from ldae.models.ldae import LDAE
+from ldae.models.model_config import build_model
 from ldae.tokenizers.registry import tokenizer_from_state_dict  # every tokenizer format (PCA, AE, VAE, pixel)
+from ldae.utils.io import atomic_path
 
 __all__ = ["FORMAT", "save_state", "load_state", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",
            "tokenizer_from_state_dict", "build_checked_model", "rng_state", "set_rng_state"]

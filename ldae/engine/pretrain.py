@@ -1,6 +1,7 @@
 """A pretraining run: data, tokenizer, model, optimizer and EMA assembled from a :class:`PretrainConfig`.
 
     from ldae.engine.pretrain import run_pretrain
+    from ldae.engine.pretrain_config import PretrainConfig
     run_pretrain(PretrainConfig(data="cifar10-jpeg.tar.gz", model="micro_patch4_32", fit_tokenizer=True, ...))
 
 The same function runs in one process and under torchrun (``ldae pretrain`` / ``python -m ldae.pretrain``
@@ -21,26 +22,26 @@ from typing import Any
 
 import torch
 
-from ldae.engine import dist
-from ldae.utils.amp import PRECISIONS, device_name, resolve_attention, resolve_precision, set_fused_attention
-from ldae.models.model_config import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, build_model, saved_model_args
-from ldae.utils.checks import check_images
-from ldae.engine.checkpoint import load_checkpoint, save_checkpoint
-from ldae.engine.pretrain_loop import EpochContext, NonFiniteLossError, StepConfig, TrainState, train_one_epoch
-from ldae.models.flops import measure_matmul_peak, model_train_flops
 from ldae.data.image_decode import ImagePolicy, read_skipped
-from ldae.utils.io import atomic_write_text
+from ldae.data.pretrain_data import GPUResidentData, LoaderData, PretrainData, ShardData, check_min_image_size
+from ldae.engine import dist
+from ldae.engine.checkpoint import load_checkpoint, save_checkpoint
 from ldae.engine.lr_schedule import scaled_lr
 from ldae.engine.metrics_log import MetricsLogger
-from ldae.models.ldae import LDAE
 from ldae.engine.pretrain_config import PretrainConfig
-from ldae.utils.provenance import command_line, git_commit
-from ldae.data.pretrain_data import GPUResidentData, LoaderData, PretrainData, ShardData, check_min_image_size
-from ldae.models.size_spec import parse_model_spec
+from ldae.engine.pretrain_loop import EpochContext, NonFiniteLossError, StepConfig, TrainState, train_one_epoch
 from ldae.engine.stop_signal import StopSignal
+from ldae.models.flops import measure_matmul_peak, model_train_flops
+from ldae.models.ldae import LDAE
+from ldae.models.model_config import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, build_model, saved_model_args
+from ldae.models.size_spec import parse_model_spec
 from ldae.tokenizers.base import NORMS
 from ldae.tokenizers.pca import PatchPCA
 from ldae.tokenizers.registry import Tokenizer, load_tokenizer, tokenizer_from_state_dict
+from ldae.utils.amp import PRECISIONS, device_name, resolve_attention, resolve_precision, set_fused_attention
+from ldae.utils.checks import check_images
+from ldae.utils.io import atomic_write_text
+from ldae.utils.provenance import command_line, git_commit
 
 __all__ = ["run_pretrain", "check_args", "resolve_batch", "LAST", "SKIPPED_FILE", "EXIT_NONFINITE", "checkpoint_name"]
 

@@ -20,12 +20,12 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from ldae.data.sampler import mix_seed
 from ldae.engine import dist
-from ldae.models.flops import mfu
 from ldae.engine.checkpoint import rng_state, set_rng_state
 from ldae.engine.lr_schedule import lr_at, set_lr
 from ldae.engine.metrics_log import MetricsLogger
-from ldae.data.sampler import mix_seed
+from ldae.models.flops import mfu
 
 __all__ = ["StepConfig", "TrainState", "EpochContext", "NonFiniteLossError", "train_step", "train_one_epoch", "check_finite", "noise_seed"]
 

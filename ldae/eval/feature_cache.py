@@ -14,8 +14,8 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
-from ldae.utils.io import save_safetensors
 from ldae.eval.features import FeatureExtractor, FeatureSet, _rank_world, extract_features
+from ldae.utils.io import save_safetensors
 
 __all__ = ["FEATURES_FORMAT", "cached_features", "dataset_identity", "load_features", "save_features"]
 

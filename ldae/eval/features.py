@@ -15,10 +15,10 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ldae.engine.dist import get_rank, get_world_size
 from ldae.diffusion.noise import LatentNoise
-from ldae.utils.progress import progress
+from ldae.engine.dist import get_rank, get_world_size
 from ldae.eval.backbones import Backbone, zoo_noise
+from ldae.utils.progress import progress
 
 __all__ = ["FeatureExtractor", "FeatureSet", "INPUT_VIEWS", "extract_features"]
 

@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from ldae.engine.checkpoint import load_state, rng_state, save_state, set_rng_state
 from ldae.engine.finetune_loop import evaluate, train_one_epoch
 from ldae.engine.lr_schedule import cosine_schedule, resolve_lr
-from ldae.eval.features import FeatureExtractor
 from ldae.eval.configs import ProbeConfig
+from ldae.eval.features import FeatureExtractor
 
 __all__ = ["LinearHead", "ProbeModel", "ProbeResult", "build_lars", "train_probe_on_features", "run_probe"]
 

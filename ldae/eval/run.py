@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ldae.engine.dist import barrier, destroy_distributed, init_distributed, seed_everything
-from ldae.eval.configs import EvalDataConfig, RunConfig
+from ldae.eval.configs import EvalDataConfig, KnnConfig, ProbeConfig, RunConfig
 from ldae.utils.io import atomic_path
 from ldae.utils.provenance import command_line, git_commit
 
@@ -39,7 +39,7 @@ def build_splits(
     """
     from ldae.data.folders import build_dataset
 
-    policy = {"bad_images": getattr(cfg, "bad_images", "error")}
+    policy = {"bad_images": cfg.bad_images}
     train = build_dataset(cfg.data, cfg.train_split, train_transform, **policy)
     if cfg.val_split is not None:
         val = build_dataset(cfg.data, cfg.val_split, val_transform, **policy)
@@ -172,7 +172,7 @@ def describe_backbone(backbone: Any, view: str = "clean") -> str:
             f"{'' if view == 'clean' else f', {view} input'}); input {to_jsonable(backbone.data_config)}")
 
 
-def extract_split_features(cfg: Any, run: Run, train: Dataset, val: Dataset, batch_size: int = 256):
+def extract_split_features(cfg: ProbeConfig | KnnConfig, run: Run, train: Dataset, val: Dataset, batch_size: int = 256):
     """Build the backbone of ``cfg``, then the (cached) clean-crop features of both splits.
 
     Both splits use the evaluation transform (resize + center crop from the model's data config):
@@ -190,7 +190,7 @@ def extract_split_features(cfg: Any, run: Run, train: Dataset, val: Dataset, bat
     transform = create_transform(data_cfg["input_size"], is_training=False, interpolation=data_cfg["interpolation"],
                                  mean=data_cfg["mean"], std=data_cfg["std"], crop_pct=data_cfg["crop_pct"],
                                  crop_mode=data_cfg.get("crop_mode", "center"))
-    extractor = FeatureExtractor.from_backbone(backbone, view=getattr(cfg, "input_view", "clean"))
+    extractor = FeatureExtractor.from_backbone(backbone, view=cfg.input_view)
     cache_dir = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
     run.print(describe_backbone(backbone, extractor.view))
     out = []

@@ -23,14 +23,14 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from torch.utils.checkpoint import checkpoint
 
-from ldae.utils.checks import check_images
-from ldae.models.sizes import ModelSize, get_size
-from ldae.models.layers import AdaLNBlock, FinalLayer, TimestepEmbedder, sincos_pos_embed_2d
 from ldae.diffusion.noise import LatentNoise, NoisyBatch
 from ldae.diffusion.schedules import NoiseSchedule, build_schedule
 from ldae.diffusion.targets import check_target, prediction_target, target_loss, target_space
+from ldae.models.layers import AdaLNBlock, FinalLayer, TimestepEmbedder, sincos_pos_embed_2d
+from ldae.models.sizes import ModelSize, get_size
 from ldae.tokenizers.pca import PatchPCA, unpatchify
 from ldae.tokenizers.registry import fixed_latent_dim, load_tokenizer
+from ldae.utils.checks import check_images
 
 __all__ = ["LDAE", "LDAEOutput", "build_ldae"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from ldae.models.ldae import LDAE
 from ldae.diffusion.schedules import build_schedule
+from ldae.models.ldae import LDAE
 from ldae.tokenizers.registry import Tokenizer
 from ldae.utils.config import Config
 
@@ -50,13 +50,11 @@ class ModelConfig(Config):
     def from_saved(cls, saved: Mapping[str, Any]) -> "ModelConfig":
         """The model config of saved args (a checkpoint's, a denoiser file's, a run config's dict), in
         today's names (see :func:`saved_model_args`); other keys are ignored."""
-        a = saved_model_args(saved)
-        names = {f.name for f in dataclasses.fields(ModelConfig)}
-        return ModelConfig(**{k: v for k, v in a.items() if k in names})
+        return ModelConfig.from_dict(saved_model_args(saved))
 
     def model_config(self) -> "ModelConfig":
         """Only the model fields (of a config that extends this one, e.g. a pretraining config)."""
-        return ModelConfig.from_saved(self.to_dict())
+        return ModelConfig.from_dict(vars(self))
 
     def build(self, tokenizer: Tokenizer | None) -> LDAE:
         """The :class:`LDAE` this config describes (fresh weights from torch's global RNG)."""

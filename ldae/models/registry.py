@@ -24,8 +24,8 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from ldae.models.sizes import SIZES, ModelSize
 from ldae.models.sizes import vit_kwargs
 from ldae.release.checksums import verify_export
-from ldae.tokenizers.pca import DIT_NORM
 from ldae.release.manifest import ARCH_PREFIX, CUSTOM_ARCH, CUSTOM_DEFAULT_SIZE, UNTRAINED_TAG, Manifest, load_manifest, no_weights_message, verify_file
+from ldae.tokenizers.pca import DIT_NORM
 
 __all__: list[str] = ["pretrained_cfg_for", "ARCH_NAMES", "CUSTOM_ARCH", "arch_size", "custom_vit_args"]  # + the entrypoints
 

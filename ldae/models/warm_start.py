@@ -19,8 +19,8 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from ldae.models.sizes import vit_kwargs
 from ldae.models.ldae import LDAE
+from ldae.models.sizes import vit_kwargs
 
 __all__ = ["init_encoder_from_vit"]
 

@@ -18,13 +18,13 @@ from typing import Any, Mapping
 import torch
 from safetensors import safe_open
 
-from ldae.models.model_config import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, saved_model_args
 from ldae.engine.checkpoint import build_checked_model, model_from_checkpoint
+from ldae.models.ldae import LDAE
+from ldae.models.model_config import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, saved_model_args
+from ldae.release.manifest import load_manifest, split_name, verify_file
+from ldae.tokenizers.pca import PatchPCA
 from ldae.tokenizers.registry import tokenizer_from_state_dict
 from ldae.utils.io import save_safetensors
-from ldae.models.ldae import LDAE
-from ldae.tokenizers.pca import PatchPCA
-from ldae.release.manifest import load_manifest, split_name, verify_file
 
 __all__ = [
     "DENOISER_FORMAT", "DEFAULT_TOKENIZER_ARCH", "resolve_tokenizer", "released_tags", "denoiser_tags",

@@ -24,14 +24,14 @@ from typing import Any
 import torch
 
 from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from ldae.models.sizes import SIZES
 from ldae.models.export import timm_arch, export_encoder_state_dict
-from ldae.release.checksums import write_checksums
-from ldae.utils.io import sha256_file
 from ldae.models.ldae import LDAE
-from ldae.tokenizers.pca import DIT_NORM, PatchPCA
-from ldae.release.manifest import ARCH_PREFIX, EXPORT_CONFIG_KEY, EXPORT_TOKENIZER_FILE, NoiseConfig, load_manifest
+from ldae.models.sizes import SIZES
+from ldae.release.checksums import write_checksums
 from ldae.release.export_config import ExportConfig
+from ldae.release.manifest import ARCH_PREFIX, EXPORT_CONFIG_KEY, EXPORT_TOKENIZER_FILE, NoiseConfig, load_manifest
+from ldae.tokenizers.pca import DIT_NORM, PatchPCA
+from ldae.utils.io import sha256_file
 
 __all__ = ["run_export", "export_checkpoint", "model_card"]
 

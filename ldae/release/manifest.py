@@ -29,11 +29,11 @@ from typing import Any, Mapping
 
 import torch
 
-from ldae.models.sizes import SIZES, get_size
-from ldae.utils.io import sha256_file
 from ldae.diffusion.noise import AddLatentNoise, LatentNoise
 from ldae.diffusion.schedules import build_schedule
+from ldae.models.sizes import SIZES, get_size
 from ldae.tokenizers.pca import PatchPCA
+from ldae.utils.io import sha256_file
 
 __all__ = [
     "MANIFEST_FORMAT", "WEIGHTS_DIR_ENV", "ARCH_PREFIX", "MAX_FILE_BYTES", "MAX_DIR_BYTES",

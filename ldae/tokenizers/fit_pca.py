@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ldae.tokenizers.base import NORMS
+from ldae.tokenizers.fit_config import FitPCAConfig
+from ldae.tokenizers.pca import PatchPCA
 from ldae.utils.io import sha256_file
 from ldae.utils.progress import progress
-from ldae.tokenizers.base import NORMS
-from ldae.tokenizers.pca import PatchPCA
-from ldae.tokenizers.fit_config import FitPCAConfig
 
 __all__ = ["NORMS", "run_fit_pca", "fit_command", "fit_from_config"]
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ldae.tokenizers.fit_config import FitTokenizerConfig
 from ldae.tokenizers.fit_pca import NORMS
-from ldae.utils.io import sha256_file
 from ldae.tokenizers.linear_ae import PatchAE, PatchVAE
 from ldae.tokenizers.pixel import PixelTokenizer
+from ldae.utils.io import sha256_file
 from ldae.utils.progress import progress
-from ldae.tokenizers.fit_config import FitTokenizerConfig
 
 __all__ = ["KINDS", "run_fit_tokenizer", "fit_command", "fit_from_config"]
 

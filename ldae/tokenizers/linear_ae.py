@@ -37,8 +37,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from ldae.utils.io import save_safetensors
 from ldae.tokenizers.base import DIT_NORM, PatchTokenizer, sample_image_patches
+from ldae.utils.io import save_safetensors
 
 __all__ = ["PatchAE", "PatchVAE", "gaussian_kl", "sample_patches"]
 

@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ldae.utils.io import save_safetensors
 from ldae.tokenizers.base import DIT_NORM, IMAGENET_NORM, PatchTokenizer, patchify, sample_image_patches, unpatchify
+from ldae.utils.io import save_safetensors
 
 __all__ = ["PatchPCA", "PatchCovariance", "patchify", "unpatchify", "validate_pca_tensors", "DIT_NORM", "IMAGENET_NORM"]
 

@@ -24,9 +24,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ldae.tokenizers.base import DIT_NORM, PatchTokenizer, patchify, unpatchify
 from ldae.utils.checks import check_images
 from ldae.utils.io import save_safetensors
-from ldae.tokenizers.base import DIT_NORM, PatchTokenizer, patchify, unpatchify
 
 __all__ = ["PixelTokenizer"]
 

@@ -32,9 +32,9 @@ import torch
 from safetensors import safe_open
 
 from ldae.tokenizers.linear_ae import PatchAE, PatchVAE
-from ldae.tokenizers.pixel import PixelTokenizer
 from ldae.tokenizers.pca import FORMAT as PCA_FORMAT
 from ldae.tokenizers.pca import PatchPCA, validate_pca_tensors
+from ldae.tokenizers.pixel import PixelTokenizer
 
 __all__ = [
     "Tokenizer", "TOKENIZER_FORMATS", "TOKENIZER_KINDS", "load_tokenizer", "tokenizer_from_state_dict",

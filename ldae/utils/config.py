@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, TypeVar
 
-__all__ = ["Config", "config_field_names"]
+__all__ = ["Config"]
 
 C = TypeVar("C", bound="Config")
 
@@ -33,17 +33,8 @@ class Config:
     @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
         """The config with ``values`` for the fields it names (unknown keys are ignored, missing ones default)."""
-        names = config_field_names(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
-
-    def replace(self: C, **changes: Any) -> C:
-        """A copy with ``changes`` applied (``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
-
-
-def config_field_names(cls: type | Config) -> tuple[str, ...]:
-    """The field names of a config class (or instance), in order."""
-    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def _plain(v: Any) -> Any:

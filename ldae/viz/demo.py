@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
-from ldae.viz import figures as viz
-from ldae.utils.io import atomic_path, save_safetensors
-from ldae.utils.progress import progress
 from ldae.data.samples import load_images
 from ldae.release.denoiser import DEFAULT_TOKENIZER_ARCH, denoiser_tags, load_denoiser, resolve_tokenizer, released_tags
 from ldae.tokenizers.pca import DIT_NORM
+from ldae.utils.io import atomic_path, save_safetensors
+from ldae.utils.progress import progress
+from ldae.viz import figures as viz
 from ldae.viz.demo_config import DemoConfig
 
 __all__ = ["run_demo", "DemoResult"]

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ldae.models.sizes import SIZES
-from ldae.utils.io import atomic_path
-from ldae.models.ldae import LDAE
 from ldae.diffusion.noise import LatentNoise
+from ldae.models.ldae import LDAE
+from ldae.models.sizes import SIZES
 from ldae.tokenizers.pca import PatchPCA
+from ldae.utils.io import atomic_path
 
 __all__ = [
     "PAD", "LINE", "MIN_PANEL",
