@@ -31,7 +31,7 @@ from ldae.data.samples import find_images
 from ldae.data.transforms import build_transform
 from ldae.engine.checkpoint import save_checkpoint
 from ldae.models.ldae import LDAE
-from ldae.models.model_config import build_model
+from ldae.models.model_config import ModelConfig, build_model
 from ldae.models.size_spec import format_model_spec
 from ldae.models.sizes import SIZES
 from ldae.models.warm_start import init_encoder_from_vit
@@ -58,8 +58,8 @@ def build_from_release(tag: str) -> tuple[LDAE, dict]:
     arch = tag.split(".", 1)[0]
     size = arch[len(ARCH_PREFIX):]
     noise = get_noise_config(tag)  # how the release was pretrained: d, whitening, schedule
-    args = dict(model=size, d=noise.d, latent_scale=noise.scale, noise_space=noise.noise_space, schedule=noise.schedule,
-                tail_weight=0.1, enc_depth=None, cond_ratio=0.25, num_levels=noise.num_levels)
+    args = ModelConfig(model=size, d=noise.d, latent_scale=noise.scale, noise_space=noise.noise_space,
+                       schedule=noise.schedule, num_levels=noise.num_levels).to_dict()  # the rest: l-DAE's defaults
     tokenizer = get_tokenizer(tag) if noise.noise_space == "latent" else None
     model = build_model(args, tokenizer)
     init_encoder_from_vit(model, timm.create_model(tag, pretrained=True))
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _args_of(model: LDAE) -> dict:
-    """The model flags that rebuild ``model`` (see ldae.models.model_config.MODEL_ARG_NAMES): a registered size (with
+    """The model flags that rebuild ``model`` (the fields of ldae.models.model_config.ModelConfig): a registered size (with
     its encoder split) keeps its name, any other size is written as its inline ``custom:`` spec."""
     size = next((name for name, s in SIZES.items() if dataclasses.replace(s, enc_depth=model.enc_depth,
                                                                           dec_depth=s.depth - model.enc_depth) == model.size),

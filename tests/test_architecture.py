@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from ldae.cli import command
+from ldae.cli.configs import bind_config, to_config
+from ldae.utils.config import Config
 
 PKG = Path(__file__).resolve().parents[1] / "ldae"
 # Lowest first: a part may import itself and the parts before it.
@@ -98,14 +100,37 @@ def test_no_module_is_too_long():
 
 # `ldae figures` has no config: each figure kind is one library call with typed arguments.
 @pytest.mark.parametrize("name", [n for n in command.SUBCOMMANDS if n != "figures"])
-def test_every_flag_is_a_config_field_with_the_fields_default(name):
-    """Parsing no optional flags gives the config's defaults (bind_config: one source of defaults)."""
+def test_a_commands_required_flags_are_its_configs_required_fields(name):
+    """What the command insists on is what its config refuses to leave None, so a library user who builds
+    the config directly gets the same one-line refusal instead of a failure deep inside the run."""
     mod = importlib.import_module(command.SUBCOMMANDS[name][0])
     parser = mod.get_args_parser(add_help=False)
-    cls = mod.CONFIG
-    defaults = {a.dest: parser.get_default(a.dest) for a in parser._actions if not isinstance(a, argparse._HelpAction)}
-    fields = {f.name for f in dataclasses.fields(cls)}
-    assert set(defaults) == fields
-    cfg = cls()
-    for k, v in defaults.items():
-        assert v == getattr(cfg, k), (k, v, getattr(cfg, k))
+    required = {a.dest for a in parser._actions if a.required and a.nargs != "*"}  # an empty '*' list is allowed
+    assert required == set(mod.CONFIG.REQUIRED)
+    if required:
+        with pytest.raises(ValueError, match=rf"^{mod.CONFIG.__name__} needs {', '.join(n for n in mod.CONFIG.REQUIRED)} "):
+            mod.CONFIG()
+
+
+@dataclasses.dataclass
+class _Cfg(Config):
+    size: int = 3
+    names: tuple[str, ...] = ("a",)
+
+
+def test_bind_config_gives_the_configs_defaults_and_refuses_flags_and_fields_that_differ():
+    parser = argparse.ArgumentParser("demo")
+    parser.add_argument("--size", type=int, default=99)  # the config's default wins: one source of defaults
+    parser.add_argument("--names", nargs="+")
+    args = bind_config(parser, _Cfg).parse_args([])
+    assert to_config(_Cfg, args) == _Cfg() and args.size == 3
+    assert to_config(_Cfg, parser.parse_args(["--size", "5", "--names", "x", "y"])) == _Cfg(5, ["x", "y"])
+    extra = argparse.ArgumentParser("extra")
+    for flag in ("--size", "--names", "--colour"):
+        extra.add_argument(flag)
+    with pytest.raises(TypeError, match=r"flags without a field of _Cfg: \['colour'\]; fields without a flag: \[\]"):
+        bind_config(extra, _Cfg)
+    short = argparse.ArgumentParser("short")
+    short.add_argument("--size")
+    with pytest.raises(TypeError, match=r"flags without a field of _Cfg: \[\]; fields without a flag: \['names'\]"):
+        bind_config(short, _Cfg)

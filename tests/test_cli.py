@@ -44,6 +44,9 @@ def test_subcommand_help_shows_usage_and_an_example(name, capsys):
     parser = importlib.import_module(cli.SUBCOMMANDS[name][0]).get_args_parser(add_help=True)
     for argv in examples:  # an example that no longer parses is a broken promise in the docs
         parser.parse_args(argv)
+    # a `-m` line must name an entry point: a library module imports and exits 0 without running anything
+    for module in re.findall(r"-m (ldae[\w.]*)", out):
+        assert module in cli.ENTRY_POINTS.values(), f"`ldae {name} --help` runs `-m {module}`, not an entry point"
 
 
 @pytest.mark.parametrize("name", NAMES)

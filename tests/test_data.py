@@ -320,7 +320,10 @@ def test_shards_round_trip_copies_files_byte_for_byte(cifar_root, tmp_path):
     ds = build_dataset(cifar_root, split="test")
     paths = write_shards(ds, str(tmp_path / "sh" / "test-%06d.tar"), max_count=64)
     assert [Path(p).name for p in paths] == [f"test-{i:06d}.tar" for i in range(4)]  # ceil(200 / 64)
-    assert sorted(p.name for p in (tmp_path / "sh").iterdir()) == [Path(p).name for p in paths]
+    assert sorted(p.name for p in (tmp_path / "sh").iterdir()) == [Path(p).name for p in paths]  # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {Path(p).stat().st_mode & 0o777 for p in paths} == {0o666 & ~umask}  # what open() would give, not mkstemp's 0600
     with tarfile.open(paths[0]) as tf:
         names = tf.getnames()
         assert names[:2] == ["000000000.jpg", "000000000.cls"]
@@ -440,6 +443,9 @@ def test_build_transform_train_and_errors():
         build_transform(64, True, MEAN, STD, crop="middle")
     with pytest.raises(ValueError, match=r"crop_pct must be in \(0, 1\]"):
         build_transform(64, True, MEAN, STD, crop_pct=1.5)
+    for train in (True, False):  # timm's center crop has no 'nearest-exact': refused by name on both paths
+        with pytest.raises(ValueError, match="interpolation must be one of nearest, bilinear, bicubic, box, hamming, lanczos, got 'nearest-exact'"):
+            build_transform(64, train, MEAN, STD, crop="random_resized", interpolation="nearest-exact")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from ldae.cli.configs import to_config
 from ldae.cli.demo import get_args_parser
 from ldae.data.samples import load_images
 from ldae.models.export import export_to_timm
-from ldae.release.denoiser import load_denoiser, load_denoiser_file, released_tags, save_denoiser
+from ldae.release.denoiser import load_denoiser, load_denoiser_file, released_tags, resolve_tokenizer, save_denoiser
 from ldae.release.manifest import WeightsIntegrityError
 from ldae.tokenizers.pca import DIT_NORM, PatchPCA
 from ldae.viz import figures as viz
@@ -178,6 +178,12 @@ def test_demo_on_the_users_images(release, tmp_path, monkeypatch, offline):
         _demo([str(tmp_path / "nope"), "--out", str(tmp_path / "out"), "--quiet"])
     with pytest.raises(ValueError, match="notes.txt: not an image file"):
         _demo([str(folder / "notes.txt"), "--out", str(tmp_path / "out"), "--quiet"])
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")  # decoded as the datasets decode: one named error
+    with pytest.raises(ValueError, match=r"broken.jpg: not a readable image"):
+        _demo([str(folder / "broken.jpg"), "--out", str(tmp_path / "out"), "--quiet"])
+    with pytest.raises(ValueError, match=r"junk.safetensors: not a tokenizer artifact"):
+        (tmp_path / "junk.safetensors").write_bytes(b"junk")
+        resolve_tokenizer(str(tmp_path / "junk.safetensors"))
 
 
 def test_bundled_samples_are_varied_and_licensed():

@@ -13,8 +13,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from ldae.cli.finetune import get_args_parser, main
 from ldae.engine.checkpoint import load_state
 from ldae.engine.finetune_loop import train_one_epoch
-from ldae.engine.lr_schedule import cosine_schedule
-from ldae.engine.lr_schedule import set_lr
+from ldae.engine.lr_schedule import cosine_schedule, set_lr
 from ldae.eval.finetune import (CKPT_FORMAT, _posterize, build_criterion, build_mixup, build_optimizer, build_train_transform,
                                 default_layer_decay)
 

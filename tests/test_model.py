@@ -9,8 +9,7 @@ from ldae.diffusion.loss import pca_weighted_loss
 from ldae.models.export import export_encoder_state_dict, export_to_timm
 from ldae.models.layers import AdaLNBlock
 from ldae.models.ldae import LDAE
-from ldae.models.sizes import SIZES, ModelSize
-from ldae.models.sizes import vit_kwargs
+from ldae.models.sizes import SIZES, ModelSize, vit_kwargs
 from ldae.tokenizers.pca import PatchPCA
 
 TINY = ModelSize(img_size=16, patch_size=4, embed_dim=32, enc_depth=2, dec_depth=2, num_heads=2, default_d=6)

@@ -185,8 +185,9 @@ def test_loading_errors(tmp_path):
         load_tokenizer(tmp_path / "nope.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="not a tokenizer artifact"):
-        load_tokenizer(bad)
+    for load in (load_tokenizer, PatchPCA.load, PatchAE.load, PixelTokenizer.load):  # one error path for every loader
+        with pytest.raises(ValueError, match=r"bad.safetensors: not a tokenizer artifact \(safetensors could not read it"):
+            load(bad)
     from ldae.utils.io import save_safetensors
 
     save_safetensors({"x": torch.zeros(1)}, tmp_path / "other.safetensors", {"format": "something.else"})
@@ -243,6 +244,15 @@ def test_fit_tokenizer_command(cifar_root, tmp_path, capsys):
 def test_fit_tokenizer_argument_errors(argv, error):
     with pytest.raises(ValueError, match=error):
         fit_tokenizer.fit_from_config(to_config(FitTokenizerConfig, fit_tokenizer_cli.get_args_parser().parse_args(argv)))
+
+
+def test_fit_tokenizer_config_built_in_code_is_checked_like_the_flags():
+    with pytest.raises(ValueError, match=r"FitTokenizerConfig needs kind, patch_size \(None given\)"):
+        FitTokenizerConfig(out="a.safetensors")
+    with pytest.raises(ValueError, match="--kind must be one of ae, vae, pixel, got 'bogus'"):
+        fit_tokenizer.fit_from_config(FitTokenizerConfig(kind="bogus", out="a.safetensors", patch_size=4))
+    with pytest.raises(ValueError, match="--norm must be one of dit, imagenet, got 'bogus'"):
+        fit_tokenizer.fit_from_config(FitTokenizerConfig(kind="pixel", out="a.safetensors", patch_size=4, token_patch=2, norm="bogus"))
 
 
 def test_fit_tokenizer_missing_data(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from ldae.cli.model_flags import add_model_args
 from ldae.models.export import export_to_timm
 from ldae.models.ldae import LDAE
-from ldae.models.model_config import TRAJECTORY_ARG_DEFAULTS, build_model
+from ldae.models.model_config import MODEL_ARG_NAMES, MODEL_FIELDS, TRAJECTORY_ARG_DEFAULTS, ModelConfig, build_model
 from ldae.tokenizers.linear_ae import PatchAE, PatchVAE
 from ldae.tokenizers.pca import PatchPCA
 from ldae.tokenizers.pixel import PixelTokenizer
@@ -150,6 +150,16 @@ def test_older_saved_args_rebuild_the_default_model():
     assert (old.input_space, old.target) == ("image", "image")
     for (k, v), (k2, v2) in zip(old.state_dict().items(), new.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
+
+
+def test_saved_args_missing_a_model_field_are_refused():
+    """Only the fields added later may be absent; a default for any other would build another model."""
+    saved = ModelConfig(model=TINY).to_dict()
+    assert set(MODEL_FIELDS) == set(saved) and set(MODEL_ARG_NAMES) == set(MODEL_FIELDS) - set(TRAJECTORY_ARG_DEFAULTS)
+    assert {k: saved[k] for k in TRAJECTORY_ARG_DEFAULTS} == TRAJECTORY_ARG_DEFAULTS  # the dataclass defaults
+    del saved["tail_weight"]
+    with pytest.raises(ValueError, match=r"saved args lack the model flags \['tail_weight'\]"):
+        build_model(saved, None)
 
 
 def test_pretrain_exposes_the_switches():

@@ -19,38 +19,20 @@ C = TypeVar("C", bound=Config)
 
 
 def flag_dests(parser: argparse.ArgumentParser) -> set[str]:
-    """The destinations of every flag and positional of ``parser`` (its sub-commands' included)."""
-    dests: set[str] = set()
-    for action in parser._actions:
-        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
-            continue
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                dests |= flag_dests(sub)
-        dests.add(action.dest)
-    return dests
+    """The destinations of every flag and positional of ``parser`` (``--help`` aside)."""
+    return {a.dest for a in parser._actions if not isinstance(a, argparse._HelpAction)}
 
 
 def bind_config(parser: argparse.ArgumentParser, cls: type[Config]) -> argparse.ArgumentParser:
-    """Give ``parser`` the defaults of ``cls`` (sub-parsers too); ``TypeError`` when flags and fields differ."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    """Give ``parser`` the defaults of ``cls``; ``TypeError`` when its flags and the fields differ."""
+    fields = dataclasses.fields(cls)
     dests = flag_dests(parser)
-    missing = sorted(dests - set(fields))
-    extra = sorted(set(fields) - dests)
+    missing = sorted(dests - {f.name for f in fields})
+    extra = sorted({f.name for f in fields} - dests)
     if missing or extra:
         raise TypeError(f"{parser.prog}: flags without a field of {cls.__name__}: {missing}; fields without a flag: {extra}")
-    defaults = {name: _default(f) for name, f in fields.items() if name in dests}
-    _set_defaults(parser, defaults)
+    parser.set_defaults(**{f.name: _default(f) for f in fields})
     return parser
-
-
-def _set_defaults(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
-    own = {a.dest for a in parser._actions}
-    parser.set_defaults(**{k: v for k, v in defaults.items() if k in own})
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                _set_defaults(sub, defaults)
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -62,10 +44,5 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def to_config(cls: type[C], args: argparse.Namespace) -> C:
-    """The config holding the parsed flags ``args`` (every destination is a field, see :func:`bind_config`)."""
-    values = vars(args)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no fields {unknown}")
-    return cls(**values)
+    """The config holding the parsed flags ``args`` of a parser bound to ``cls`` (:func:`bind_config`)."""
+    return cls(**vars(args))

@@ -5,8 +5,7 @@ import argparse
 
 from ldae.cli.configs import bind_config, to_config
 from ldae.release.export_config import ExportConfig
-from ldae.release.export_folder import run_export
-from ldae.release.export_folder import DTYPES
+from ldae.release.export_folder import DTYPES, run_export
 
 __all__ = ["get_args_parser", "main", "CONFIG"]
 

@@ -20,15 +20,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Fine-tune a backbone end to end (MAE's recipe, App. B settings): AdamW + layer-wise lr decay, "
                     "Mixup/CutMix, RandAugment, drop path, label smoothing, EMA. Defaults are the paper's.",
         epilog="examples:\n"
-               "  torchrun --nproc-per-node 8 -m ldae.eval.finetune --model ckpt/checkpoint-last.pth --data /data/imagenet\n"
+               "  torchrun --nproc-per-node 8 -m ldae.finetune --model ckpt/checkpoint-last.pth --data /data/imagenet\n"
                "  ldae finetune --model ldae_vit_small_patch4_32 --data ../shared/data/cifar10-jpeg.tar.gz \\\n"
                "      --batch-size 256 --epochs 100 --output-dir out/ft\n"
                "  ldae finetune --eval --resume out/ft/checkpoint-last.pth --data ../shared/data/cifar10-jpeg.tar.gz\n"
                "prints one line per epoch and 'finetune top-1 .. top-5 ..'; writes <output-dir>/finetune_results.json,\n"
                "log.txt (JSON lines) and checkpoint-last.pth",
     )
-    add_backbone_args(parser, frozen=False)
-    parser._option_string_actions["--model"].required = False  # --resume CKPT rebuilds its own model
+    add_backbone_args(parser, frozen=False, model_required=False)  # --resume CKPT rebuilds its own model
     add_data_args(parser)
     g = parser.add_argument_group("optimisation (App. B defaults)")
     g.add_argument("--epochs", type=int)

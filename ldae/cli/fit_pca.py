@@ -5,6 +5,7 @@ import argparse
 
 from ldae.cli.configs import bind_config, to_config
 from ldae.cli.shared_flags import add_bad_images_arg
+from ldae.data.transforms import INTERPOLATIONS
 from ldae.tokenizers.base import NORMS
 from ldae.tokenizers.fit_config import FitPCAConfig
 from ldae.tokenizers.fit_pca import run_fit_pca
@@ -32,7 +33,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--img-size", type=int, required=True, help="resize + center-crop images to this size")
     parser.add_argument("--patch-size", type=int, required=True, help="patch side p (D = p * p * 3)")
     parser.add_argument("--norm", choices=sorted(NORMS), help="pixel normalisation: dit = [-1, 1] (default), imagenet = MAE's")
-    parser.add_argument("--interpolation", help="resize interpolation (torchvision InterpolationMode)")
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize interpolation")
     parser.add_argument("--patches-per-image", type=int, help="random patches drawn per image (default: all)")
     parser.add_argument("--max-images", type=int, help="fit on a seeded random subset of this many images")
     parser.add_argument("--seed", type=int, help="seed of the image subset and the patch draws")

@@ -5,10 +5,10 @@ import argparse
 
 from ldae.cli.configs import bind_config, to_config
 from ldae.cli.shared_flags import add_bad_images_arg
+from ldae.data.transforms import INTERPOLATIONS
 from ldae.tokenizers.base import NORMS
 from ldae.tokenizers.fit_config import FitTokenizerConfig
-from ldae.tokenizers.fit_tokenizer import run_fit_tokenizer
-from ldae.tokenizers.fit_tokenizer import KINDS
+from ldae.tokenizers.fit_tokenizer import KINDS, run_fit_tokenizer
 
 __all__ = ["get_args_parser", "main", "CONFIG"]
 
@@ -42,7 +42,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = parser.add_argument_group("data (ae / vae)")
     g.add_argument("--split", help="split folder to read (default: the only one present)")
     g.add_argument("--img-size", type=int, help="resize + center-crop images to this size (required for ae / vae)")
-    g.add_argument("--interpolation", help="resize interpolation (torchvision InterpolationMode)")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize interpolation")
     g.add_argument("--patches-per-image", type=int, help="random patches drawn per image (default: all)")
     g.add_argument("--max-images", type=int, help="fit on a seeded random subset of this many images")
     g.add_argument("--max-patches", type=int, help="size of the patch bank trained on (default 131072)")

@@ -21,7 +21,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                     "average-pooled features, LARS, cosine schedule (App. A / MAE). Defaults are the paper's.",
         epilog="examples:\n"
                "  ldae probe --model ckpt/checkpoint-last.pth --data /data/imagenet        # App. A protocol\n"
-               "  torchrun --nproc-per-node 8 -m ldae.eval.probe --model ldae_vit_base --data /data/imagenet\n"
+               "  torchrun --nproc-per-node 8 -m ldae.probe --model ldae_vit_base --data /data/imagenet\n"
                "  ldae probe --mode cached --model ckpt/checkpoint-last.pth \\\n"
                "      --data ../shared/data/cifar10-jpeg.tar.gz --batch-size 1024 --output-dir out/probe\n"
                "prints one line per epoch and 'probe top-1 .. top-5 ..'; writes <output-dir>/probe_results.json,\n"

@@ -8,6 +8,7 @@ import argparse
 from typing import Any
 
 from ldae.data.image_decode import BAD_IMAGE_POLICIES
+from ldae.data.transforms import INTERPOLATIONS
 from ldae.eval.features import INPUT_VIEWS
 
 __all__ = ["add_bad_images_arg", "add_backbone_args", "add_data_args", "add_runtime_args", "add_checkpoint_args"]
@@ -20,10 +21,10 @@ def add_bad_images_arg(group: Any, record_note: str = "") -> None:
                             f"place (skip: the same replacement on every run, each file named in a warning{record_note})")
 
 
-def add_backbone_args(parser: argparse.ArgumentParser, frozen: bool = True) -> argparse.ArgumentParser:
-    """The backbone flags every evaluation recipe shares."""
+def add_backbone_args(parser: argparse.ArgumentParser, frozen: bool = True, model_required: bool = True) -> argparse.ArgumentParser:
+    """The backbone flags every evaluation recipe shares (``frozen``: the probes' input-view flags too)."""
     g = parser.add_argument_group("backbone")
-    g.add_argument("--model", required=True,
+    g.add_argument("--model", required=model_required,
                    help="timm model name (e.g. ldae_vit_base, vit_small_patch16_224, hf-hub:org/name), "
                         "a save_for_hf / `ldae export` folder, or an l-DAE pretraining checkpoint .pth")
     g.add_argument("--pretrained", action=argparse.BooleanOptionalAction,
@@ -41,7 +42,7 @@ def add_backbone_args(parser: argparse.ArgumentParser, frozen: bool = True) -> a
                        help="the same as --input-view noisy")
     g.add_argument("--input-size", type=int, help="image size (default: the model's pretrained_cfg)")
     g.add_argument("--crop-pct", type=float, help="eval center-crop fraction (default: the model's)")
-    g.add_argument("--interpolation", help="resize interpolation (default: the model's)")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize interpolation (default: the model's)")
     g.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default: the model's)")
     g.add_argument("--std", type=float, nargs=3, help="normalisation std (default: the model's)")
     return parser

@@ -27,8 +27,6 @@ def normalize_member(name: str) -> str:
     return posixpath.normpath(name).lstrip("/").removeprefix("./")
 
 
-
-
 def default_cache_dir() -> Path:
     """``$LDAE_CACHE`` if set, else ``~/.cache/ldae``."""
     return Path(os.environ.get("LDAE_CACHE") or Path.home() / ".cache" / "ldae").expanduser()

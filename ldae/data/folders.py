@@ -9,12 +9,12 @@ folder too). Streaming shards are in :mod:`ldae.data.shards`, the GPU-resident p
 
 These readers, not timm's ``ImageDataset``, because they read ``.tar.gz`` archives, find class
 folders below a split or wrapper folder, and apply the bad-image policy (a named error, or the next
-readable image, deterministically); timm's decode no faster (``bench/results/readers_cpu.json``).
+readable image, deterministically). The measured price (``bench/results/readers_cpu.json``): on a tar
+they read faster than timm's reader, on a folder of 32 px files the checked decode is slower per file.
 """
 from __future__ import annotations
 
 import io
-import logging
 import os
 import posixpath
 import tarfile
@@ -30,10 +30,6 @@ from ldae.data.archives import extract_archive, normalize_member
 from ldae.data.image_decode import BAD_IMAGE_POLICIES, IMG_EXTENSIONS, SKIP_HINT, BadImageError, decode_rgb, is_image_name, record_skip
 
 __all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "TarImageDataset", "Transform", "build_dataset"]
-
-
-_logger = logging.getLogger(__name__)
-
 
 _LAYOUTS = ("<path>/<class>/<image>, <path>/<split>/<class>/<image>, "
             "or one wrapper folder around either")

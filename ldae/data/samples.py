@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ldae.data.image_decode import IMG_EXTENSIONS
+from ldae.data.image_decode import IMG_EXTENSIONS, decode_rgb
 from ldae.data.transforms import build_transform
 
 __all__ = ["sample_images", "render_shapes", "find_images", "load_images"]
@@ -94,10 +94,8 @@ def load_images(
     samples when ``paths`` is empty. Images are resized (shorter side) and center-cropped."""
     if paths:
         files = find_images(paths)[:limit]
-        items = []
-        for f in files:
-            with Image.open(f) as im:
-                items.append((f.name, im.convert("RGB")))
+        # the datasets' decode: a file that is not an image is one named error, 16-bit greys are scaled
+        items = [(f.name, decode_rgb(Path(f).read_bytes(), str(f))) for f in files]
     else:
         items = sample_images()[:limit]
     tf = build_transform(img_size, train=False, mean=norm_mean, std=norm_std)

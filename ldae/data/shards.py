@@ -8,7 +8,6 @@ import random
 import re
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -17,9 +16,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ldae.data.folders import IMG_EXTENSIONS, Transform, _LabeledImages
-from ldae.data.image_decode import BAD_IMAGE_POLICIES, SKIP_HINT, BadImageError, decode_rgb, record_skip
+from ldae.data.folders import Transform, _LabeledImages
+from ldae.data.image_decode import BAD_IMAGE_POLICIES, IMG_EXTENSIONS, SKIP_HINT, BadImageError, decode_rgb, record_skip
 from ldae.data.sampler import dist_info, seed_int
+from ldae.utils.io import atomic_path
 
 __all__ = ["ShardDataset", "expand_urls", "write_shards"]
 
@@ -256,25 +256,17 @@ def write_shards(dataset: Dataset, out_pattern: str, max_count: int = 1000, *, i
                disable=(not sys.stderr.isatty()) if progress is None else not progress)
     for s, start in enumerate(range(0, n, max_count)):
         final = Path(out_pattern % s)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        try:
-            with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-                for i in range(start, min(start + max_count, n)):
-                    if raw:
-                        data, ext = dataset.read_bytes(i)
-                        label = dataset.targets[i]
-                    else:
-                        img, label = dataset[i]
-                        data, ext = _encode(img, image_format, quality)
-                    _add_member(tf, f"{i:09d}.{ext}", data)
-                    _add_member(tf, f"{i:09d}.cls", str(int(label)).encode())
-                    bar.update(1)
-            os.replace(tmp, final)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(final) as tmp, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+            for i in range(start, min(start + max_count, n)):
+                if raw:
+                    data, ext = dataset.read_bytes(i)
+                    label = dataset.targets[i]
+                else:
+                    img, label = dataset[i]
+                    data, ext = _encode(img, image_format, quality)
+                _add_member(tf, f"{i:09d}.{ext}", data)
+                _add_member(tf, f"{i:09d}.cls", str(int(label)).encode())
+                bar.update(1)
         paths.append(str(final))
     bar.close()
     return paths

@@ -14,7 +14,18 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-__all__ = ["build_transform"]
+__all__ = ["build_transform", "INTERPOLATIONS", "check_interpolation"]
+
+# The resize modes timm's transforms know (``timm.data.transforms.str_to_interp_mode``); torchvision's
+# 'nearest-exact' is not one of them.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+def check_interpolation(name: str) -> str:
+    """``name`` if it is one of :data:`INTERPOLATIONS`, else ``ValueError`` listing them."""
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {name!r}")
+    return name
 
 
 def build_transform(img_size: int, train: bool, mean: Sequence[float], std: Sequence[float],
@@ -31,8 +42,8 @@ def build_transform(img_size: int, train: bool, mean: Sequence[float], std: Sequ
     * ``hflip``: random horizontal flip with p=0.5.
     * ``train=False`` ignores ``crop`` and ``hflip``: evaluation is always the deterministic center crop.
 
-    ``interpolation`` is a torchvision ``InterpolationMode`` value ('bicubic', 'bilinear', ...);
-    PIL resizing is antialiased. Output is ``(x / 255 - mean) / std`` per channel.
+    ``interpolation`` is one of :data:`INTERPOLATIONS` ('bicubic', 'bilinear', ...); PIL resizing is
+    antialiased. Output is ``(x / 255 - mean) / std`` per channel.
     """
     from timm.data import create_transform
     from torchvision import transforms as T
@@ -41,7 +52,7 @@ def build_transform(img_size: int, train: bool, mean: Sequence[float], std: Sequ
         raise ValueError(f"crop must be 'center' or 'random_resized', got {crop!r}")
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    interp = T.InterpolationMode(interpolation)
+    interp = T.InterpolationMode(check_interpolation(interpolation))
     flip: list[Any] = [T.RandomHorizontalFlip()] if train and hflip else []
     if train and crop == "random_resized":
         crop_ops = [T.RandomResizedCrop(img_size, scale=scale, ratio=ratio, interpolation=interp)]

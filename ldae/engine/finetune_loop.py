@@ -1,4 +1,4 @@
-"""The epoch loops shared by fine-tuning and the linear probe, and their RNG state.
+"""The epoch loops shared by fine-tuning and the linear probe.
 
 As in MAE's ``engine_finetune``: the recipes build a model, a loss and batches; these loops only step
 them. The learning rate follows MAE's per-update schedule (linear warmup from 0, then a half-cycle
@@ -20,8 +20,7 @@ from ldae.engine.dist import get_world_size
 from ldae.engine.lr_schedule import set_lr
 from ldae.utils.progress import progress
 
-__all__ = [
-    "train_one_epoch", "evaluate", ]
+__all__ = ["train_one_epoch", "evaluate"]
 
 
 def _all_reduce_sum(values: list[float], device: torch.device, sync: bool) -> list[float]:

@@ -13,6 +13,7 @@ tokenizer, and the data order and noise are functions of (seed, step) alone.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -26,14 +27,14 @@ from ldae.data.image_decode import ImagePolicy, read_skipped
 from ldae.data.pretrain_data import GPUResidentData, LoaderData, PretrainData, ShardData, check_min_image_size
 from ldae.engine import dist
 from ldae.engine.checkpoint import load_checkpoint, save_checkpoint
-from ldae.engine.lr_schedule import scaled_lr
+from ldae.engine.lr_schedule import resolve_lr
 from ldae.engine.metrics_log import MetricsLogger
 from ldae.engine.pretrain_config import PretrainConfig
 from ldae.engine.pretrain_loop import EpochContext, NonFiniteLossError, StepConfig, TrainState, train_one_epoch
 from ldae.engine.stop_signal import StopSignal
 from ldae.models.flops import measure_matmul_peak, model_train_flops
 from ldae.models.ldae import LDAE
-from ldae.models.model_config import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, build_model, saved_model_args
+from ldae.models.model_config import MODEL_FIELDS, build_model, saved_model_args
 from ldae.models.size_spec import parse_model_spec
 from ldae.tokenizers.base import NORMS
 from ldae.tokenizers.pca import PatchPCA
@@ -178,8 +179,7 @@ def _fit_tokenizer(cfg: PretrainConfig, data: PretrainData, patch_size: int, mea
 
 def _check_resume_args(saved: dict[str, Any], cfg: PretrainConfig, log: MetricsLogger) -> None:
     saved = saved_model_args(saved)  # checkpoints from before later flags hold their defaults
-    names = (*MODEL_ARG_NAMES, *TRAJECTORY_ARG_DEFAULTS)
-    diff = [k for k in names if k in saved and saved[k] != getattr(cfg, k)]
+    diff = [k for k in MODEL_FIELDS if k in saved and saved[k] != getattr(cfg, k)]
     if diff:
         shown = ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)!r} (checkpoint: {saved[k]!r})" for k in diff)
         raise ValueError(f"--resume: the model flags differ from the checkpoint's: {shown}")
@@ -210,6 +210,7 @@ def _clean_stale_temp_files(out: Path, log: MetricsLogger) -> None:
 def run_pretrain(cfg: PretrainConfig) -> int:
     """Run (or resume) the pretraining ``cfg`` describes; the exit status (0 done or stopped at a step,
     128 + signal when stopped by a signal, 3 when the loss became non-finite)."""
+    cfg = dataclasses.replace(cfg)  # the run records resolved fields (norm) in its copy, not in the caller's
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     check_args(cfg, world_size)
     batch, accum = resolve_batch(cfg.global_batch, world_size, cfg.batch_size, cfg.accum_iter)
@@ -277,7 +278,7 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv, size: Any, batch: int, accum: i
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     global_batch = batch * accum * env.world_size
-    base_lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, global_batch)
+    base_lr = resolve_lr(cfg.lr, cfg.blr, global_batch)
     optimizer = timm.optim.create_optimizer_v2(
         model, "adamw", lr=base_lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), **({"fused": True} if cuda else {})
     )
@@ -397,7 +398,6 @@ def _report_skipped(cfg: PretrainConfig, env: dist.DistEnv, out: Path, log: Metr
     info = json.loads((out / "run.json").read_text())
     info["skipped_images"] = len(skipped)
     atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
-
 
 
 def _write_run_info(cfg: PretrainConfig, env: dist.DistEnv, out: Path, info: dict[str, Any]) -> None:

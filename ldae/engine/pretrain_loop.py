@@ -103,7 +103,6 @@ class TrainState:
             set_rng_state(rng)
 
 
-
 def _autocast(cfg: StepConfig) -> contextlib.AbstractContextManager:
     if cfg.amp_dtype is None:
         return contextlib.nullcontext()

@@ -31,10 +31,12 @@ import timm
 import torch.nn as nn
 from timm.data import resolve_model_data_config
 
+from ldae.data.transforms import check_interpolation
 from ldae.diffusion.noise import LatentNoise
 from ldae.tokenizers.pca import DIT_NORM
+from ldae.utils.config import to_jsonable
 
-__all__ = ["Backbone", "backbone_from_config", "create_backbone", "rebuild_architecture", "resolve_data_config", "to_jsonable", "zoo_noise"]
+__all__ = ["Backbone", "backbone_from_config", "create_backbone", "rebuild_architecture", "data_overrides", "resolve_data_config", "zoo_noise"]
 
 
 _CKPT_SUFFIXES = (".pth", ".pt", ".ckpt")
@@ -135,7 +137,7 @@ def create_backbone(
         backbone = Backbone(model.eval(), {}, spec, source, t=noise_cfg.t if noise_cfg else None, arch=arch,
                             identity=identity)
     backbone.data_config = resolve_data_config(backbone.model, data_overrides)
-    backbone.identity["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}
+    backbone.identity["data_config"] = to_jsonable(backbone.data_config)
     return backbone
 
 
@@ -206,7 +208,7 @@ def _from_ldae_checkpoint(path: str, t: int | None, use_ema: bool, num_classes: 
     return Backbone(
         vit.eval(), {}, path, "ldae-checkpoint", t=t, noise=ldae_model.noise,
         arch={"kind": "vit", "kwargs": {**vit_kwargs(size), **kwargs, "num_classes": num_classes},
-              "pretrained_cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in vit.pretrained_cfg.items()}},
+              "pretrained_cfg": to_jsonable(vit.pretrained_cfg)},
         identity={"checkpoint": _file_identity(Path(path)), "t": t, "ema": bool(use_ema and has_ema)},
     )
 
@@ -240,21 +242,19 @@ def resolve_data_config(model: nn.Module, overrides: dict[str, Any] | None = Non
     return cfg
 
 
-def backbone_from_config(cfg: Any, **kwargs: Any) -> Backbone:
-    """The :class:`Backbone` a :class:`~ldae.eval.configs.BackboneConfig` describes."""
-    overrides = {
+def data_overrides(cfg: Any) -> dict[str, Any]:
+    """The timm data-config keys a :class:`~ldae.eval.configs.BackboneConfig` sets (the unset ones left out,
+    so the model's ``pretrained_cfg`` decides them)."""
+    values = {
         "input_size": (3, cfg.input_size, cfg.input_size) if cfg.input_size else None,
-        "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
+        "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation and check_interpolation(cfg.interpolation),
         "mean": tuple(cfg.mean) if cfg.mean else None, "std": tuple(cfg.std) if cfg.std else None,
     }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def backbone_from_config(cfg: Any, **kwargs: Any) -> Backbone:
+    """The :class:`Backbone` a :class:`~ldae.eval.configs.BackboneConfig` describes (``kwargs``: timm's
+    ``create_model`` arguments, e.g. ``num_classes``)."""
     return create_backbone(cfg.model, pretrained=cfg.pretrained, t=cfg.t, use_ema=cfg.ema,
-                           data_overrides=overrides, **kwargs)
-
-
-def to_jsonable(x: Any) -> Any:
-    """Tuples to lists, recursively (for identity records)."""
-    if isinstance(x, dict):
-        return {k: to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
-    return x
+                           data_overrides=data_overrides(cfg), **kwargs)

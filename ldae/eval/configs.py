@@ -43,6 +43,8 @@ class FrozenBackboneConfig(BackboneConfig):
 class EvalDataConfig(Config):
     """The labeled data: an ImageFolder tree or archive with a training and an evaluation split."""
 
+    REQUIRED = ("data",)
+
     data: str | None = None
     train_split: str = "train"
     val_split: str | None = None  # None: 'val', else 'test' (the run records the one it found)
@@ -83,6 +85,8 @@ class ResumeConfig(Config):
 class ProbeConfig(FrozenBackboneConfig, EvalDataConfig, RunConfig, FeatureCacheConfig, ResumeConfig):
     """``ldae probe``: BatchNorm + linear head on frozen pooled features, LARS, cosine (App. A)."""
 
+    REQUIRED = ("model", "data")
+
     mode: str = "paper"  # 'paper': augmented crops every epoch; 'cached': center-crop features once
     epochs: int = 90
     batch_size: int = 16384
@@ -102,6 +106,8 @@ class ProbeConfig(FrozenBackboneConfig, EvalDataConfig, RunConfig, FeatureCacheC
 class KnnConfig(FrozenBackboneConfig, EvalDataConfig, RunConfig, FeatureCacheConfig):
     """``ldae knn``: weighted k-NN votes on cached frozen features (DINO's protocol)."""
 
+    REQUIRED = ("model", "data")
+
     k: tuple[int, ...] = (20, 200)
     temperature: float = 0.07
     batch_size: int = 256
@@ -110,7 +116,11 @@ class KnnConfig(FrozenBackboneConfig, EvalDataConfig, RunConfig, FeatureCacheCon
 
 @dataclasses.dataclass
 class FinetuneConfig(BackboneConfig, EvalDataConfig, RunConfig, ResumeConfig):
-    """``ldae finetune``: end-to-end fine-tuning with MAE's recipe on timm parts (App. B)."""
+    """``ldae finetune``: end-to-end fine-tuning with MAE's recipe on timm parts (App. B).
+
+    ``model`` may be None only to evaluate or resume a fine-tuning checkpoint, which rebuilds its own."""
+
+    REQUIRED = ("data",)
 
     epochs: int = 100
     batch_size: int = 1024

@@ -14,7 +14,8 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
-from ldae.eval.features import FeatureExtractor, FeatureSet, _rank_world, extract_features
+from ldae.engine.dist import get_rank
+from ldae.eval.features import FeatureExtractor, FeatureSet, extract_features
 from ldae.utils.io import save_safetensors
 
 __all__ = ["FEATURES_FORMAT", "cached_features", "dataset_identity", "load_features", "save_features"]
@@ -81,7 +82,7 @@ def cached_features(
     identity = {**identity, "num_images": len(dataset), "classes": classes}  # type: ignore[arg-type]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{_slug(name)}-{key}.safetensors" if cache_dir is not None else None
-    rank, _ = _rank_world()
+    rank = get_rank()
     if path is not None and path.is_file() and not recompute:
         try:
             fs, stored = load_features(path)

@@ -100,10 +100,6 @@ class FeatureSet:
         return len(self.labels)
 
 
-def _rank_world() -> tuple[int, int]:
-    return get_rank(), get_world_size()
-
-
 def _gather_strided(local: torch.Tensor, n: int, world: int) -> torch.Tensor:
     """Rows computed by rank r for indices r, r + world, ... -> all n rows in index order, on every rank."""
     per = -(-n // world)  # ranks hold per or per - 1 rows: pad to equal size for all_gather
@@ -138,7 +134,7 @@ def extract_features(
     repeats exactly on any device.
     """
     device = torch.device(device)
-    rank, world = _rank_world()
+    rank, world = get_rank(), get_world_size()
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise ValueError("cannot extract features of an empty dataset")

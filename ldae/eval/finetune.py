@@ -100,35 +100,26 @@ def _build_model(cfg: FinetuneConfig, num_classes: int, state: dict[str, Any] | 
     pretrained weights). Otherwise ``--model`` is built with a fresh ``num_classes`` head, or with its own
     classifier for ``--eval`` without a checkpoint.
     """
-    from ldae.eval.backbones import create_backbone, rebuild_architecture, resolve_data_config
+    from ldae.eval.backbones import backbone_from_config, data_overrides, rebuild_architecture, resolve_data_config
 
     if state is not None:
         model = rebuild_architecture(state["arch"])
-        return model, resolve_data_config(model, _overrides(cfg)), state["arch"]
+        return model, resolve_data_config(model, data_overrides(cfg)), state["arch"]
     if cfg.model is None:
         raise ValueError("--model is required (it may be omitted only with --resume CKPT)")
     if cfg.eval:
-        backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, t=cfg.t, use_ema=cfg.ema,
-                                   num_classes=None, data_overrides=_overrides(cfg))
+        backbone = backbone_from_config(cfg, num_classes=None)
         own = getattr(backbone.model, "num_classes", 0)
         if own != num_classes:
             raise ValueError(f"--eval without --resume evaluates {cfg.model!r} with its own classifier of {own} classes, "
                              f"but the data has {num_classes} classes: pass --resume with a fine-tuned checkpoint")
         return backbone.model, backbone.data_config, backbone.arch
-    backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, t=cfg.t, use_ema=cfg.ema,
-                               num_classes=num_classes, data_overrides=_overrides(cfg), drop_path_rate=cfg.drop_path)
+    backbone = backbone_from_config(cfg, num_classes=num_classes, drop_path_rate=cfg.drop_path)
     head = backbone.model.get_classifier()
     if isinstance(head, nn.Linear):  # MAE: a near-zero head, so the first updates do not wreck the backbone
         trunc_normal_(head.weight, std=2e-5)
         nn.init.zeros_(head.bias)
     return backbone.model, backbone.data_config, backbone.arch
-
-
-def _overrides(cfg: FinetuneConfig) -> dict[str, Any]:
-    return {k: v for k, v in {
-        "input_size": (3, cfg.input_size, cfg.input_size) if cfg.input_size else None, "crop_pct": cfg.crop_pct,
-        "interpolation": cfg.interpolation, "mean": tuple(cfg.mean) if cfg.mean else None,
-        "std": tuple(cfg.std) if cfg.std else None}.items() if v is not None}
 
 
 def run_finetune(cfg: FinetuneConfig) -> int:
@@ -157,9 +148,7 @@ def _main(cfg: FinetuneConfig, run: Any, start: float) -> int:
         raise ValueError(f"{resume} was fine-tuned for {state['num_classes']} classes; {cfg.data} has {num_classes}")
     model, data_cfg, arch = _build_model(cfg, num_classes, state)
     train_ds.transform = build_train_transform(data_cfg, cfg)
-    val_ds.transform = create_transform(
-        data_cfg["input_size"], is_training=False, interpolation=data_cfg["interpolation"], mean=data_cfg["mean"], std=data_cfg["std"],
-        crop_pct=data_cfg["crop_pct"], crop_mode=data_cfg.get("crop_mode", "center"))
+    val_ds.transform = create_transform(**data_cfg)  # timm's eval transform of the model's data config
     if state is not None:
         model.load_state_dict(state["model"])
     model = model.to(device)
@@ -238,7 +227,7 @@ def _main(cfg: FinetuneConfig, run: Any, start: float) -> int:
                 "model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
                 "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "max_top1": best,
                 "num_classes": num_classes, "classes": list(train_ds.classes), "arch": arch,
-                "args": {k: v for k, v in vars(cfg).items() if isinstance(v, (str, int, float, bool, type(None), list))},
+                "args": cfg.to_dict(),
                 "rng": rng_state()}, ckpt_path, CKPT_FORMAT)
     if not test:
         test = evaluate(model, val_loader, device=device, amp_dtype=run.amp_dtype, quiet=run.quiet)

@@ -98,7 +98,6 @@ def knn_evaluate(
     return result
 
 
-
 def run_knn(cfg: KnnConfig) -> int:
     from ldae.eval.run import Run, build_splits, extract_split_features
 

@@ -219,8 +219,7 @@ def _run_paper(cfg: ProbeConfig, run: Any) -> tuple[Any, Dataset, Dataset, Probe
     # MAE's probe augmentation: RandomResizedCrop (scale 0.08-1) + flip, nothing else (no color jitter).
     train_tf = create_transform(data_cfg["input_size"], is_training=True, scale=(0.08, 1.0), hflip=0.5, color_jitter=None,
                                 interpolation=data_cfg["interpolation"], mean=data_cfg["mean"], std=data_cfg["std"])
-    val_tf = create_transform(data_cfg["input_size"], is_training=False, interpolation=data_cfg["interpolation"], mean=data_cfg["mean"],
-                              std=data_cfg["std"], crop_pct=data_cfg["crop_pct"], crop_mode=data_cfg.get("crop_mode", "center"))
+    val_tf = create_transform(**data_cfg)  # timm's eval transform of the model's data config
     train_ds, val_ds = build_splits(cfg, train_tf, val_tf)
     num_classes = len(train_ds.classes)
     device, world, rank = run.device, run.world_size, run.rank
@@ -288,7 +287,7 @@ def _run_paper(cfg: ProbeConfig, run: Any) -> tuple[Any, Dataset, Dataset, Probe
             save_state({
                 "head": head.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step,
                 "max_top1": best, "num_classes": num_classes, "classes": list(train_ds.classes),
-                "args": {k: v for k, v in vars(cfg).items() if isinstance(v, (str, int, float, bool, type(None), list))},
+                "args": cfg.to_dict(),
                 "rng": rng_state()}, ckpt_path, CKPT_FORMAT)
     if not test:  # resumed after the last epoch: evaluate what the checkpoint holds
         test = evaluate(probe, val_loader, device=device, amp_dtype=run.amp_dtype, quiet=run.quiet)
@@ -313,7 +312,6 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     if "top1" in r:
         line += f"  top-1 {r['top1']:6.2f}  top-5 {r['top5']:6.2f}"
     return line + f"  ({r['train_seconds']:.2f} s)"
-
 
 
 def run_probe(cfg: ProbeConfig) -> int:

@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 from ldae.engine.dist import barrier, destroy_distributed, init_distributed, seed_everything
 from ldae.eval.configs import EvalDataConfig, KnnConfig, ProbeConfig, RunConfig
-from ldae.utils.io import atomic_path
+from ldae.utils.config import to_jsonable
+from ldae.utils.io import atomic_write_text
 from ldae.utils.provenance import command_line, git_commit
 
 __all__ = ["Run", "build_splits", "extract_split_features", "describe_backbone"]
@@ -120,16 +121,13 @@ class Run:
             "commit": git_commit(), "torch": torch.__version__, "timm": timm.__version__,
             "device": _device_name(self.device), "world_size": self.world_size,
         }
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(full, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(full, indent=2) + "\n")
         self.print(f"results: {path}", force=True)
         return path
 
     # -------------------------------------------------------------- records
     @staticmethod
     def backbone_record(backbone: Any) -> dict[str, Any]:
-        from ldae.eval.backbones import to_jsonable
-
         return {"model": backbone.spec, "model_source": backbone.source, "t": backbone.t,
                 "data_config": to_jsonable(backbone.data_config)}
 
@@ -165,8 +163,6 @@ def _device_name(device: torch.device) -> str:
 
 def describe_backbone(backbone: Any, view: str = "clean") -> str:
     """One line naming the backbone, its feature size, level t, input view and preprocessing."""
-    from ldae.eval.backbones import to_jsonable
-
     t = "" if backbone.t is None else f", t={backbone.t}"
     return (f"backbone {backbone.spec} ({backbone.source}, {backbone.num_features}-d features{t}"
             f"{'' if view == 'clean' else f', {view} input'}); input {to_jsonable(backbone.data_config)}")
@@ -182,14 +178,12 @@ def extract_split_features(cfg: ProbeConfig | KnnConfig, run: Run, train: Datase
 
     from ldae.data.archives import default_cache_dir
     from ldae.eval.features import FeatureExtractor
-    from ldae.eval.backbones import backbone_from_config, to_jsonable
+    from ldae.eval.backbones import backbone_from_config
     from ldae.eval.feature_cache import cached_features, dataset_identity
 
     backbone = backbone_from_config(cfg)
     data_cfg = backbone.data_config
-    transform = create_transform(data_cfg["input_size"], is_training=False, interpolation=data_cfg["interpolation"],
-                                 mean=data_cfg["mean"], std=data_cfg["std"], crop_pct=data_cfg["crop_pct"],
-                                 crop_mode=data_cfg.get("crop_mode", "center"))
+    transform = create_transform(**data_cfg)  # timm's eval transform of the model's data config
     extractor = FeatureExtractor.from_backbone(backbone, view=cfg.input_view)
     cache_dir = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
     run.print(describe_backbone(backbone, extractor.view))

@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from ldae.models import registry  # building by name needs the architectures registered with timm
 from ldae.models.ldae import LDAE
-from ldae.models.sizes import ModelSize, vit_kwargs
+from ldae.models.sizes import SIZES, ModelSize, vit_kwargs
 
 __all__ = ["vit_kwargs", "export_encoder_state_dict", "export_to_timm", "timm_arch"]
 
@@ -87,8 +87,6 @@ def timm_arch(size: ModelSize) -> tuple[str, dict[str, Any]]:
     A registered size whose encoder matches gives its own name and no args; any other shape gives
     ``ldae_vit_custom`` and the args that rebuild it (recorded in an export's config.json).
     """
-    from ldae.models.sizes import SIZES
-
     enc = vit_kwargs(size)
     for name, s in SIZES.items():
         if vit_kwargs(s) == enc:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import timm
 import torch.nn as nn
 
-from ldae.models import registry as zoo
+from ldae.models import registry
 
 __all__: list[str] = []
 
@@ -24,11 +24,11 @@ def _entrypoint(arch: str) -> Callable[..., nn.Module]:
     entrypoint.__name__ = entrypoint.__qualname__ = arch
     entrypoint.__module__ = __name__
     # The registered entrypoint's one-line docstring, e.g. "l-DAE ViT-B/16 encoder, 256 px: 12 blocks x 768 (paper Tab. 4)."
-    entrypoint.__doc__ = getattr(zoo, arch).__doc__
+    entrypoint.__doc__ = getattr(registry, arch).__doc__
     return entrypoint
 
 
-for _arch in (*zoo.ARCH_NAMES, zoo.CUSTOM_ARCH):  # every registered ldae_vit_* model
+for _arch in (*registry.ARCH_NAMES, registry.CUSTOM_ARCH):  # every registered ldae_vit_* model
     globals()[_arch] = _entrypoint(_arch)
     __all__.append(_arch)
 del _arch

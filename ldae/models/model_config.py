@@ -14,9 +14,8 @@ from ldae.models.ldae import LDAE
 from ldae.tokenizers.registry import Tokenizer
 from ldae.utils.config import Config
 
-__all__ = ["ModelConfig", "build_model", "saved_model_args", "MODEL_ARG_NAMES", "TRAJECTORY_ARG_DEFAULTS"]
+__all__ = ["ModelConfig", "build_model", "saved_model_args", "MODEL_FIELDS", "MODEL_ARG_NAMES", "TRAJECTORY_ARG_DEFAULTS"]
 
-MODEL_ARG_NAMES = ("model", "d", "latent_scale", "noise_space", "schedule", "tail_weight", "enc_depth", "cond_ratio", "num_levels")
 # Model fields added with the trajectory switches (docs/trajectory.md). Args saved before them lack
 # these names; the defaults, which are l-DAE's, rebuild exactly the model those args describe.
 TRAJECTORY_ARG_DEFAULTS: dict[str, str] = {"input_space": "image", "target": "image"}
@@ -46,15 +45,16 @@ class ModelConfig(Config):
     input_space: str = "image"
     target: str = "image"
 
-    @classmethod
-    def from_saved(cls, saved: Mapping[str, Any]) -> "ModelConfig":
+    @staticmethod
+    def from_saved(saved: Mapping[str, Any]) -> "ModelConfig":
         """The model config of saved args (a checkpoint's, a denoiser file's, a run config's dict), in
-        today's names (see :func:`saved_model_args`); other keys are ignored."""
-        return ModelConfig.from_dict(saved_model_args(saved))
-
-    def model_config(self) -> "ModelConfig":
-        """Only the model fields (of a config that extends this one, e.g. a pretraining config)."""
-        return ModelConfig.from_dict(vars(self))
+        today's names (see :func:`saved_model_args`); other keys are ignored. ``ValueError`` when a
+        model field is missing: a default would silently build another model than the one saved."""
+        values = saved_model_args(saved)
+        missing = [k for k in MODEL_FIELDS if k not in values]
+        if missing:
+            raise ValueError(f"saved args lack the model flags {missing} (pass a checkpoint's args)")
+        return ModelConfig.from_dict(values)
 
     def build(self, tokenizer: Tokenizer | None) -> LDAE:
         """The :class:`LDAE` this config describes (fresh weights from torch's global RNG)."""
@@ -63,6 +63,11 @@ class ModelConfig(Config):
             schedule=build_schedule(self.schedule, num_levels=self.num_levels), tail_weight=self.tail_weight,
             enc_depth=self.enc_depth, cond_ratio=self.cond_ratio, input_space=self.input_space, target=self.target,
         )
+
+
+MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelConfig))
+# the names every saved args hold (those added later take their defaults, see saved_model_args)
+MODEL_ARG_NAMES: tuple[str, ...] = tuple(k for k in MODEL_FIELDS if k not in TRAJECTORY_ARG_DEFAULTS)
 
 
 def saved_model_args(saved: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,6 +84,6 @@ def build_model(config: ModelConfig | Mapping[str, Any] | Any, tokenizer: Tokeni
     """The :class:`LDAE` described by a :class:`ModelConfig` (or a config extending it), by saved args
     (a mapping, as checkpoints store them), or by any object whose attributes are those fields."""
     if isinstance(config, ModelConfig):
-        return config.model_config().build(tokenizer)
+        return config.build(tokenizer)
     values = config if isinstance(config, Mapping) else vars(config)
     return ModelConfig.from_saved(values).build(tokenizer)

@@ -21,8 +21,7 @@ from typing import Any
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from ldae.models.sizes import SIZES, ModelSize
-from ldae.models.sizes import vit_kwargs
+from ldae.models.sizes import SIZES, ModelSize, vit_kwargs
 from ldae.release.checksums import verify_export
 from ldae.release.manifest import ARCH_PREFIX, CUSTOM_ARCH, CUSTOM_DEFAULT_SIZE, UNTRAINED_TAG, Manifest, load_manifest, no_weights_message, verify_file
 from ldae.tokenizers.pca import DIT_NORM

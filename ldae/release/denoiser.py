@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from ldae.engine.checkpoint import build_checked_model, model_from_checkpoint
 from ldae.models.ldae import LDAE
-from ldae.models.model_config import MODEL_ARG_NAMES, TRAJECTORY_ARG_DEFAULTS, saved_model_args
+from ldae.models.model_config import ModelConfig
 from ldae.release.manifest import load_manifest, split_name, verify_file
 from ldae.tokenizers.pca import PatchPCA
 from ldae.tokenizers.registry import tokenizer_from_state_dict
@@ -45,9 +45,7 @@ def resolve_tokenizer(spec: str | None = None) -> tuple[PatchPCA, str]:
     if spec is None:
         spec = DEFAULT_TOKENIZER_ARCH
     if spec.endswith(".safetensors") or os.path.isfile(spec):
-        if not os.path.isfile(spec):
-            raise FileNotFoundError(f"tokenizer file not found: {spec} (expected a patch-PCA .safetensors from `ldae fit-pca`)")
-        tok = PatchPCA.load(spec)
+        tok = PatchPCA.load(spec)  # one-line errors for a missing or unreadable file
         return tok, f"{Path(spec).name} ({tok.num_images} images)"
     tok = get_tokenizer(spec)
     return tok, f"the shipped tokenizer of {spec} ({tok.num_images} images)"
@@ -72,17 +70,12 @@ def denoiser_tags() -> list[str]:
 def save_denoiser(model: LDAE, args: Mapping[str, Any], path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
     """Write ``model`` (parameters in ``dtype``; buffers such as the PCA basis stay float32) as a denoiser file.
 
-    ``args`` are the model flags it was built from (a checkpoint's ``args``; only
-    :data:`ldae.models.model_config.MODEL_ARG_NAMES` are kept).
+    ``args`` are the model flags it was built from (a checkpoint's ``args``; only the fields of
+    :class:`~ldae.models.model_config.ModelConfig` are kept).
     """
-    args = saved_model_args(args)
-    missing = [k for k in MODEL_ARG_NAMES if k not in args]
-    if missing:
-        raise ValueError(f"save_denoiser: args lack the model flags {missing} (pass the checkpoint's args)")
+    kept = ModelConfig.from_saved(args).to_dict()
     params = {name for name, _ in model.named_parameters()}  # buffers (PCA basis, pos_embed) stay exact
     sd = {k: (v.to(dtype) if k in params and v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    kept = {k: args[k] for k in MODEL_ARG_NAMES}
-    kept.update({k: args[k] for k in TRAJECTORY_ARG_DEFAULTS})
     meta = {"format": DENOISER_FORMAT, "args": json.dumps(kept)}
     if model.tokenizer is not None:
         meta["tokenizer"] = json.dumps(model.tokenizer.metadata())

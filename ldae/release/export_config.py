@@ -18,6 +18,8 @@ class ExportConfig(Config):
     ``checkpoint`` and ``out`` are required; ``denoiser`` is the storage dtype of the full model's
     file (None: not written)."""
 
+    REQUIRED = ("checkpoint", "out")
+
     checkpoint: str | None = None
     out: str | None = None
     t: int | None = None

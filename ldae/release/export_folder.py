@@ -30,6 +30,7 @@ from ldae.models.sizes import SIZES
 from ldae.release.checksums import write_checksums
 from ldae.release.export_config import ExportConfig
 from ldae.release.manifest import ARCH_PREFIX, EXPORT_CONFIG_KEY, EXPORT_TOKENIZER_FILE, NoiseConfig, load_manifest
+from ldae.tokenizers.base import NORMS
 from ldae.tokenizers.pca import DIT_NORM, PatchPCA
 from ldae.utils.io import sha256_file
 
@@ -74,8 +75,6 @@ def _norm(model: LDAE, saved: dict[str, Any]) -> tuple[tuple[float, ...], tuple[
     tok = model.tokenizer
     if tok is not None:  # pixels are normalised as the tokenizer was fitted
         return tok.norm_mean, tok.norm_std
-    from ldae.tokenizers.fit_pca import NORMS
-
     return NORMS.get(saved.get("norm") or "dit", DIT_NORM)
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from ldae.models.sizes import SIZES
-from ldae.models.sizes import vit_kwargs
+from ldae.models.sizes import SIZES, vit_kwargs
 from ldae.release.manifest import Manifest, load_manifest
 
 __all__ = ["architectures_table", "weights_table", "tokenizers_table", "render"]

@@ -132,8 +132,12 @@ class PatchTokenizer(nn.Module):
 
     @staticmethod
     def read_artifact(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """(tensors, metadata) of a safetensors artifact; no pickle involved."""
+        """(tensors, metadata) of a safetensors artifact; no pickle involved. ``FileNotFoundError`` /
+        ``ValueError`` (one line) for a missing file or one that is not safetensors."""
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer artifact not found: {path}")
-        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            raise FileNotFoundError(f"tokenizer artifact not found: {path} (fit one with `ldae fit-pca` or `ldae fit-tokenizer`)")
+        try:
+            with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except Exception as e:  # not a safetensors file at all
+            raise ValueError(f"{path}: not a tokenizer artifact (safetensors could not read it: {e})") from e

@@ -21,6 +21,8 @@ class FitPCAConfig(Config):
 
     ``data``, ``out``, ``img_size`` and ``patch_size`` are required (None is refused)."""
 
+    REQUIRED = ("data", "out", "img_size", "patch_size")
+
     data: str | None = None
     out: str | None = None
     split: str | None = None
@@ -43,6 +45,8 @@ class FitTokenizerConfig(Config):
     """A linear patch AE / VAE trained by Adam on a bank of patches, or the pixel tokenizer (no data).
 
     ``kind``, ``out`` and ``patch_size`` are required; ``d``, ``data`` and ``img_size`` for ae / vae."""
+
+    REQUIRED = ("kind", "out", "patch_size")
 
     data: str | None = None
     kind: str | None = None

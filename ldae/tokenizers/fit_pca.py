@@ -23,9 +23,7 @@ from ldae.tokenizers.pca import PatchPCA
 from ldae.utils.io import sha256_file
 from ldae.utils.progress import progress
 
-__all__ = ["NORMS", "run_fit_pca", "fit_command", "fit_from_config"]
-
-# name -> (mean, std) of the pixel normalisation applied before patches are cut.
+__all__ = ["run_fit_pca", "fit_command", "fit_from_config"]
 
 
 def fit_command(cfg: FitPCAConfig) -> str:
@@ -45,6 +43,8 @@ def fit_command(cfg: FitPCAConfig) -> str:
 
 
 def _check_args(cfg: FitPCAConfig) -> None:
+    if cfg.norm not in NORMS:
+        raise ValueError(f"--norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
     if cfg.patch_size < 1:
         raise ValueError(f"--patch-size must be >= 1, got {cfg.patch_size}")
     if cfg.img_size < cfg.patch_size:

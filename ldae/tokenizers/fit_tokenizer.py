@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ldae.tokenizers.base import NORMS
 from ldae.tokenizers.fit_config import FitTokenizerConfig
-from ldae.tokenizers.fit_pca import NORMS
 from ldae.tokenizers.linear_ae import PatchAE, PatchVAE
 from ldae.tokenizers.pixel import PixelTokenizer
 from ldae.utils.io import sha256_file
@@ -53,6 +53,10 @@ def fit_command(cfg: FitTokenizerConfig) -> str:
 
 
 def _check_args(cfg: FitTokenizerConfig) -> None:
+    if cfg.kind not in KINDS:
+        raise ValueError(f"--kind must be one of {', '.join(KINDS)}, got {cfg.kind!r}")
+    if cfg.norm not in NORMS:
+        raise ValueError(f"--norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
     if not str(cfg.out).endswith(".safetensors"):
         raise ValueError(f"--out must name a .safetensors file, got {cfg.out}")
     if cfg.patch_size < 1:
@@ -93,7 +97,6 @@ def fit_from_config(cfg: FitTokenizerConfig) -> tuple[PatchAE | PixelTokenizer, 
         return PixelTokenizer(cfg.patch_size, cfg.token_patch, 3, mean, std), meta
 
     from ldae.data.folders import build_dataset
-
     from ldae.data.transforms import build_transform
 
     transform = build_transform(cfg.img_size, train=False, mean=mean, std=std, crop_pct=1.0, interpolation=cfg.interpolation)
@@ -103,7 +106,7 @@ def fit_from_config(cfg: FitTokenizerConfig) -> tuple[PatchAE | PixelTokenizer, 
     order = torch.randperm(len(dataset), generator=gen)[: cfg.max_images].tolist()
     loader = DataLoader(Subset(dataset, order), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
     batches = progress(loader, desc=f"fit-tokenizer {cfg.kind}: patches", unit="batch", quiet=cfg.quiet)
-    cls = PatchVAE if cfg.kind == "vae" else PatchAE
+    cls = {"ae": PatchAE, "vae": PatchVAE}[cfg.kind]
     kwargs = {"kl_weight": cfg.kl_weight} if cfg.kind == "vae" else {}
     tok = cls.fit(
         batches, cfg.patch_size, cfg.d, norm_mean=mean, norm_std=std, patches_per_image=cfg.patches_per_image,

@@ -1,6 +1,6 @@
 """Patch-wise linear autoencoder and VAE tokenizers (Sec. 4.2, Tab. 2, Fig. 4).
 
-An image is cut into non-overlapping p x p x C patches, flattened as :func:`ldae.tokenizers.pca.patchify`
+An image is cut into non-overlapping p x p x C patches, flattened as :func:`ldae.tokenizers.base.patchify`
 does (D = p*p*C), and each patch is encoded on its own by one linear map:
 
     AE:   z = V (x - m),                                    x_hat = U^T z + m

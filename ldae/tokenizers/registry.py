@@ -29,8 +29,8 @@ import os
 from typing import Protocol, Sequence, runtime_checkable
 
 import torch
-from safetensors import safe_open
 
+from ldae.tokenizers.base import PatchTokenizer
 from ldae.tokenizers.linear_ae import PatchAE, PatchVAE
 from ldae.tokenizers.pca import FORMAT as PCA_FORMAT
 from ldae.tokenizers.pca import PatchPCA, validate_pca_tensors
@@ -128,14 +128,7 @@ def _from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], source
 
 def load_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Tokenizer:
     """Load any tokenizer artifact, choosing the class from its ``format`` metadata (no pickle involved)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"tokenizer artifact not found: {path} (fit one with `ldae fit-pca` or `ldae fit-tokenizer`)")
-    try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # not a safetensors file at all
-        raise ValueError(f"{path}: not a tokenizer artifact (safetensors could not read it: {e})") from e
+    tensors, meta = PatchTokenizer.read_artifact(path, map_location)
     return _from_tensors(tensors, meta, source=str(path))
 
 

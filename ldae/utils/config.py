@@ -15,20 +15,31 @@ ignores keys it does not know, so records written by other versions still load.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, TypeVar
+from typing import Any, ClassVar, Mapping, TypeVar
 
-__all__ = ["Config"]
+__all__ = ["Config", "to_jsonable"]
 
 C = TypeVar("C", bound="Config")
 
 
 @dataclasses.dataclass
 class Config:
-    """Base of the run configurations (a mutable dataclass: a run may resolve a field, e.g. a split)."""
+    """Base of the run configurations (a mutable dataclass: a run may resolve a field, e.g. a split).
+
+    ``REQUIRED`` names the fields a run cannot do without. They default to None only so that the
+    configs can share fields through mixins; building a config that leaves one None is refused.
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        missing = [name for name in self.REQUIRED if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{type(self).__name__} needs {', '.join(missing)} (None given)")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-able dict (tuples as lists), in field order."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
@@ -37,9 +48,10 @@ class Config:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    return v
+def to_jsonable(x: Any) -> Any:
+    """``x`` with tuples as lists, recursively through lists and dicts (what ``json`` round-trips)."""
+    if isinstance(x, dict):
+        return {k: to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    return x

@@ -30,13 +30,12 @@ import torch
 from ldae.data.samples import load_images
 from ldae.release.denoiser import DEFAULT_TOKENIZER_ARCH, denoiser_tags, load_denoiser, resolve_tokenizer, released_tags
 from ldae.tokenizers.pca import DIT_NORM
-from ldae.utils.io import atomic_path, save_safetensors
+from ldae.utils.io import atomic_write_text, save_safetensors
 from ldae.utils.progress import progress
 from ldae.viz import figures as viz
 from ldae.viz.demo_config import DemoConfig
 
 __all__ = ["run_demo", "DemoResult"]
-
 
 
 @dataclass
@@ -152,7 +151,6 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     record = {"out": str(out), "files": res.files, "images": res.images, "model": res.model, "trained": res.trained,
               "denoiser": res.denoiser, "features_shape": list(feats.shape), "notes": res.notes}
-    with atomic_path(out / "demo.json") as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / "demo.json", json.dumps(record, indent=2) + "\n")
     res.files["demo.json"] = "this summary"
     return res
