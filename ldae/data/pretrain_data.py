@@ -127,8 +127,9 @@ class GPUResidentData:
     @classmethod
     def from_path(cls, path: str, split: str | None, img_size: int, mean: Sequence[float], std: Sequence[float], *,
                   num_workers: int = 8, policy: ImagePolicy = ImagePolicy(), **kwargs) -> "GPUResidentData":
-        """Decode a folder / tar / tar.gz once (shorter side resized, center-cropped to ``img_size``)."""
-        images, _ = load_uint8(path, split, img_size=img_size, num_workers=num_workers, policy=policy)
+        """Decode a folder / tar / tar.gz once (shorter side resized, center-cropped to ``img_size``); later runs
+        and resumes memory-map the decoded copy (:mod:`ldae.data.decoded_cache`)."""
+        images, _ = load_uint8(path, split, img_size=img_size, num_workers=num_workers, policy=policy, cache=True)
         return cls(images, img_size, mean, std, **kwargs)
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[list[torch.Tensor]]:

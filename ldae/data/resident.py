@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from ldae.data.decoded_cache import cached_decode
 from ldae.data.folders import build_dataset
 from ldae.data.image_decode import ImagePolicy
 from ldae.data.sampler import dist_info, seed_int
@@ -85,7 +86,8 @@ def _collate(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
 def load_uint8(dataset_or_path: Dataset | str | Path, split: str | None = None, img_size: int | None = None,
                max_images: int | None = None, num_workers: int | None = None, *, batch_size: int = 256,
                seed: int = 0, cache_dir: str | Path | None = None,
-               device: torch.device | str | None = None, policy: ImagePolicy = ImagePolicy()) -> tuple[Tensor, Tensor]:
+               device: torch.device | str | None = None, policy: ImagePolicy = ImagePolicy(),
+               cache: bool = False) -> tuple[Tensor, Tensor]:
     """Decode a whole dataset once into memory.
 
     Args:
@@ -99,10 +101,19 @@ def load_uint8(dataset_or_path: Dataset | str | Path, split: str | None = None, 
         num_workers: DataLoader decode processes (default ``min(8, CPUs)``; 0 decodes in-process).
         device: move the result there (default: CPU).
         policy: what to do with unreadable images (:class:`ldae.data.image_decode.ImagePolicy`).
+        cache: for a path under the ``'error'`` policy, keep the decoded arrays on disk and memory-map them
+            on later calls (:mod:`ldae.data.decoded_cache`; refused and redone when the data changed).
 
     Returns:
         ``images`` uint8 ``(N, 3, H, W)`` and ``labels`` int64 ``(N,)``.
     """
+    if cache and isinstance(dataset_or_path, (str, Path)) and policy.bad_images == "error":
+        params = {"split": split, "img_size": img_size, "max_images": max_images,
+                  "seed": seed if max_images is not None else None, "resize": "shorter-side bicubic antialias, center crop"}
+        images, labels = cached_decode(dataset_or_path, params, lambda: load_uint8(
+            dataset_or_path, split, img_size, max_images, num_workers, batch_size=batch_size, seed=seed,
+            cache_dir=cache_dir, policy=policy))
+        return (images.to(device), labels.to(device)) if device is not None else (images, labels)
     from tqdm.auto import tqdm
 
     conv = _ToUint8(img_size)

@@ -17,7 +17,7 @@ import torch
 from ldae.tokenizers.pca import PatchPCA, patchify
 from ldae.utils.amp import float32_region
 
-__all__ = ["pca_weighted_loss"]
+__all__ = ["pca_weighted_loss", "pca_weighted_patch_loss"]
 
 
 def pca_weighted_loss(
@@ -39,10 +39,28 @@ def pca_weighted_loss(
     p = tokenizer.patch_size if tokenizer is not None else patch_size
     if p is None:
         raise ValueError("pixel-space loss needs patch_size")
+    return pca_weighted_patch_loss(patchify(pred, p), patchify(target, p), weight, tokenizer, d, tail_weight)
+
+
+def pca_weighted_patch_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    tokenizer: PatchPCA | None,
+    d: int,
+    tail_weight: float = 0.1,
+) -> torch.Tensor:
+    """:func:`pca_weighted_loss` on patches: pred, target (B, N, D) (any float dtype), weight (B,).
+
+    The training step calls this form directly: its prediction comes out of the final layer as
+    patches, so no image is assembled and cut up again.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     # The loss is a small sum of squares; keep it in float32 even inside a bf16 autocast region.
     with float32_region(pred.device):
-        e = patchify(target.float() - pred.float(), p)  # (B, N, D)
-        per_patch = e.square().sum(-1)  # (B, N) = ||e||^2
+        e = target.float() - pred.float()  # (B, N, D)
+        per_patch = torch.linalg.vecdot(e, e)  # (B, N) = ||e||^2, one pass
         if tokenizer is not None and d < tokenizer.dim and tail_weight != 1.0:
             head = e @ tokenizer.components[:d].T  # (B, N, d) = V_d e
             per_patch = tail_weight * per_patch + (1.0 - tail_weight) * head.square().sum(-1)

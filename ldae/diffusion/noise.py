@@ -28,6 +28,7 @@ same x_t as above). Any tokenizer of :mod:`ldae.tokenizers.registry` (patch PCA,
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -128,19 +129,44 @@ class LatentNoise(nn.Module):
         check_t: bool = True,
     ) -> NoisyBatch:
         """Corrupt clean images x0 (B, C, H, W) at levels t ((B,), an int, or None = uniform)."""
-        b = x0.shape[0]
-        if t is None:
-            t, check_t = self.schedule.sample_t(b, x0.device, generator), False
-        elif isinstance(t, int) or (isinstance(t, torch.Tensor) and t.ndim == 0):
-            t = torch.full((b,), int(t), dtype=torch.long, device=x0.device)
-        t = t.to(x0.device)
-        gamma, sigma, weight = self.schedule.lookup(t, check=check_t)  # (B,) each
+        t, gamma, sigma, weight = self._levels(x0.shape[0], x0.device, t, generator, check_t)
         if self.input_space == "latent" or self.keep_latent:
             z0, z_t, eps = self.corrupt_latent(x0, gamma, sigma, generator)  # (B, N, d) each
             x_t = z_t if self.input_space == "latent" else self.decode_latent(z_t, x0.shape[-2:])
             return NoisyBatch(x_t=x_t.to(x0.dtype), t=t, gamma=gamma, sigma=sigma, weight=weight, eps=eps, z0=z0)
         x_t, eps = self.corrupt(x0, gamma, sigma, generator)
         return NoisyBatch(x_t=x_t, t=t, gamma=gamma, sigma=sigma, weight=weight, eps=eps)
+
+    def forward_patches(
+        self,
+        p0: torch.Tensor,
+        hw: tuple[int, int],
+        t: torch.Tensor | int | None = None,
+        generator: torch.Generator | None = None,
+        check_t: bool = True,
+    ) -> NoisyBatch:
+        """:meth:`forward` on patches: clean float32 patches p0 (B, N, D) of (H, W) = ``hw`` images.
+
+        x_t is the noisy image as float32 patches (B, N, D), the same values as ``patchify(forward(x0).x_t)``
+        up to float32 rounding, with the same draws of t and eps. The training step uses this form: the
+        network embeds patches and predicts patches, so no image is assembled and cut up again.
+        Image input and image target only (``input_space='image'``, ``keep_latent=False``).
+        """
+        if self.input_space != "image" or self.keep_latent:
+            raise ValueError("forward_patches is the image-input, image-target transform; use forward() for latent inputs or targets")
+        t, gamma, sigma, weight = self._levels(p0.shape[0], p0.device, t, generator, check_t)
+        with float32_region(p0.device):
+            x_t, eps = self._corrupt_patches(p0.float(), hw, gamma.float(), sigma.float(), generator)
+        return NoisyBatch(x_t=x_t, t=t, gamma=gamma, sigma=sigma, weight=weight, eps=eps)
+
+    def _levels(self, b: int, device: torch.device, t, generator, check_t: bool):
+        """(t, gamma, sigma, weight), each (B,): t drawn uniformly when None, an int broadcast to the batch."""
+        if t is None:
+            t, check_t = self.schedule.sample_t(b, device, generator), False
+        elif isinstance(t, int) or (isinstance(t, torch.Tensor) and t.ndim == 0):
+            t = torch.full((b,), int(t), dtype=torch.long, device=device)
+        t = t.to(device)
+        return (t, *self.schedule.lookup(t, check=check_t))
 
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> float32 latents (B, N, d) in the noise's coordinates (divided by the latent scale)."""
@@ -205,23 +231,32 @@ class LatentNoise(nn.Module):
 
     def _corrupt(self, x0, gamma, sigma, generator):
         x = x0.float()
-        if self.space == "pixel":
-            eps = _randn(x.shape, x.device, generator)
-            x_t = gamma[:, None, None, None] * x + sigma[:, None, None, None] * eps
-            return x_t.to(x0.dtype), eps
-        tok = self.tokenizer
-        assert tok is not None
-        if not isinstance(tok, PatchPCA):  # any other tokenizer: through its encode / decode
+        if self.space == "latent" and not isinstance(self.tokenizer, PatchPCA):  # through its encode / decode
             _, z_t, eps = self.corrupt_latent(x, gamma, sigma, generator)
             return self.decode_latent(z_t, x.shape[-2:]).to(x0.dtype), eps
-        p = tok.patch_size
+        p = self.tokenizer.patch_size if self.tokenizer is not None else 1
+        x_t, eps = self._corrupt_patches(patchify(x, p), x.shape[-2:], gamma, sigma, generator)
+        return unpatchify(x_t, p, x.shape[-2:]).to(x0.dtype), eps
+
+    def _corrupt_patches(self, p0, hw, gamma, sigma, generator):
+        """float32 patches p0 (B, N, D) -> (noisy patches (B, N, D), eps); gamma, sigma (B,) float32."""
+        b, n, dim = p0.shape
+        tok = self.tokenizer
+        if self.space == "pixel":
+            # eps is drawn in image layout (B, C, H, W), so a seed gives the same noise in either form.
+            p = math.isqrt(hw[0] * hw[1] // n)  # N = HW / p^2 patches of D = C p^2 values
+            eps = _randn((b, dim // (p * p), *hw), p0.device, generator)
+            return gamma[:, None, None] * p0 + sigma[:, None, None] * patchify(eps, p), eps
+        if not isinstance(tok, PatchPCA):
+            x_t, eps = self._corrupt(unpatchify(p0, tok.patch_size, hw), gamma, sigma, generator)
+            return patchify(x_t, tok.patch_size), eps
         v = tok.components[: self.d]  # (d, D)
-        z = (patchify(x, p) - tok.mean) @ v.T  # (B, N, d)
-        eps = _randn(z.shape, x.device, generator)
-        scale = self.latent_scales().to(x.device)  # (d,)
+        flat = p0.reshape(b * n, dim)
+        z = ((flat - tok.mean) @ v.T).reshape(b, n, self.d)  # (B, N, d)
+        eps = _randn(z.shape, p0.device, generator)
+        scale = self.latent_scales().to(p0.device)  # (d,)
         z_t = gamma[:, None, None] * z + sigma[:, None, None] * (eps * scale)  # (B, N, d)
-        x_t = unpatchify(z_t @ v + tok.mean, p, x.shape[-2:])  # (B, C, H, W)
-        return x_t.to(x0.dtype), eps
+        return torch.addmm(tok.mean, z_t.reshape(b * n, self.d), v).reshape(b, n, dim), eps  # mean + z_t V_d
 
     def extra_repr(self) -> str:
         extra = f", input_space={self.input_space!r}" if self.input_space != "image" else ""

@@ -42,6 +42,7 @@ from ldae.tokenizers.registry import Tokenizer, load_tokenizer, tokenizer_from_s
 from ldae.utils.amp import PRECISIONS, device_name, resolve_attention, resolve_precision, set_fused_attention
 from ldae.utils.checks import check_images
 from ldae.utils.io import atomic_write_text
+from ldae.utils.malloc import keep_freed_memory
 from ldae.utils.provenance import command_line, git_commit
 
 __all__ = ["run_pretrain", "check_args", "resolve_batch", "LAST", "SKIPPED_FILE", "EXIT_NONFINITE", "checkpoint_name"]
@@ -240,6 +241,8 @@ def run_pretrain(cfg: PretrainConfig) -> int:
 def _run(cfg: PretrainConfig, env: dist.DistEnv, size: Any, batch: int, accum: int, log: MetricsLogger) -> int:
     out = Path(cfg.output_dir)
     cuda = env.device.type == "cuda"
+    # A CPU step frees and re-allocates tensors of tens of MiB: keep them on the heap (ldae.utils.malloc).
+    heap = env.device.type == "cpu" and keep_freed_memory()
     resume = _resume_path(cfg)
     ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
     if ckpt is not None:
@@ -324,7 +327,7 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv, size: Any, batch: int, accum: i
         steps_per_epoch=spe, total_steps=total_steps, warmup_steps=step_cfg.warmup_steps, params=params,
         train_gflops_per_image=flops / 1e9, peak_tflops=peak / 1e12 if peak else None, precision=precision,
         sdpa_attention=all(getattr(b.attn, "fused_attn", False) for b in model.blocks),  # timm's F.scaled_dot_product_attention path
-        attention=attention, threads=torch.get_num_threads(),
+        attention=attention, threads=torch.get_num_threads(), cpu_allocator="heap (mmap off)" if heap else "default",
     ))
     log.info(f"l-DAE {cfg.model}: {params / 1e6:.1f}M params, d={model.d}, {precision}, {attention} attention, "
              f"{torch.get_num_threads()} threads, compile={cfg.compile}; "

@@ -20,16 +20,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from torch.utils.checkpoint import checkpoint
 
+from ldae.diffusion.loss import pca_weighted_patch_loss
 from ldae.diffusion.noise import LatentNoise, NoisyBatch
 from ldae.diffusion.schedules import NoiseSchedule, build_schedule
 from ldae.diffusion.targets import check_target, prediction_target, target_loss, target_space
 from ldae.models.layers import AdaLNBlock, FinalLayer, TimestepEmbedder, sincos_pos_embed_2d
 from ldae.models.sizes import ModelSize, get_size
-from ldae.tokenizers.pca import PatchPCA, unpatchify
+from ldae.tokenizers.pca import PatchPCA, patchify, unpatchify
 from ldae.tokenizers.registry import fixed_latent_dim, load_tokenizer
+from ldae.utils.amp import float32_region
 from ldae.utils.checks import check_images
 
 __all__ = ["LDAE", "LDAEOutput", "build_ldae"]
@@ -263,14 +266,23 @@ class LDAE(nn.Module):
 
     def _denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Network output: images (B, C, H, W) for image targets, tokens (B, N, d) for latent ones."""
-        c = self.t_embedder(t)  # (B, cond_dim)
-        x = self._embed(x_t)  # (B, N, D)
-        x = self._run_blocks(x, c, self.blocks)  # (B, N, D)
-        patches = self.final_layer(x, c)  # (B, N, p*p*C) or (B, N, d)
+        patches = self._network(self._embed(x_t), t)  # (B, N, p*p*C) or (B, N, d)
         if self.output_space == "latent":
             return patches
         hw = x_t.shape[-2:] if x_t.ndim == 4 else (self.size.img_size, self.size.img_size)
         return unpatchify(patches, self.size.patch_size, hw)  # (B, C, H, W)
+
+    def _network(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Embedded tokens (B, N, D) at levels t -> the final layer's output (B, N, p*p*C) or (B, N, d)."""
+        c = self.t_embedder(t)  # (B, cond_dim)
+        x = self._run_blocks(x, c, self.blocks)  # (B, N, D)
+        return self.final_layer(x, c)
+
+    def _embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Image patches (B, N, p*p*C) -> embedded tokens (B, N, D): the p x p patch embedding as the linear
+        map it is (the conv's weight flattened in patchify's order), without assembling an image."""
+        proj = self.patch_embed.proj
+        return F.linear(patches, proj.weight.flatten(1), proj.bias) + self.pos_embed  # (B, N, D)
 
     def corrupt(self, images: torch.Tensor, t: torch.Tensor | int | None = None, generator: torch.Generator | None = None) -> NoisyBatch:
         """Add the configured noise to clean images (B, C, H, W)."""
@@ -287,6 +299,8 @@ class LDAE(nn.Module):
     ) -> torch.Tensor | LDAEOutput:
         """Clean normalised images (B, C, H, W) -> the target's loss (scalar; Eq. 4 by default), or an :class:`LDAEOutput`."""
         self._check(images)
+        if self.input_space == "image" and self.target == "image":
+            return self._forward_patches(images, t, generator, return_dict)
         noisy = self.corrupt(images, t, generator)
         pred = self._denoise(noisy.x_t, noisy.t)  # (B, C, H, W), or (B, N, d) for a latent target
         target = prediction_target(self.target, images, noisy, self.noise)
@@ -295,6 +309,27 @@ class LDAE(nn.Module):
         )
         if return_dict:
             return LDAEOutput(loss=loss, pred=pred, x_t=noisy.x_t, t=noisy.t)
+        return loss
+
+    def _forward_patches(self, images, t, generator, return_dict):
+        """The l-DAE step (image input, Eq. 4 on the image) computed on patches from end to end.
+
+        The same function as ``corrupt`` -> ``_denoise`` -> ``target_loss`` (tests compare them), with one
+        patchify per batch: the noise, the patch embedding, the prediction and Eq. 4 all act per patch,
+        so the (B, N, p*p*C) patches are never assembled into an image and cut up again.
+        """
+        p, hw = self.size.patch_size, tuple(images.shape[-2:])
+        if t is not None:
+            t = self._as_levels(t, images.shape[0], images.device)
+        with float32_region(images.device):
+            p0 = patchify(images.float(), p)  # (B, N, p*p*C), the clean patches and Eq. 4's target
+        noisy = self.noise.forward_patches(p0, hw, t, generator, check_t=False)
+        pred = self._network(self._embed_patches(noisy.x_t), noisy.t)  # (B, N, p*p*C)
+        pca = self.tokenizer if isinstance(self.tokenizer, PatchPCA) else None
+        loss = pca_weighted_patch_loss(pred, p0, noisy.weight, pca, self.d, self.tail_weight)
+        if return_dict:
+            x_t = unpatchify(noisy.x_t, p, hw).to(images.dtype)
+            return LDAEOutput(loss=loss, pred=unpatchify(pred, p, hw), x_t=x_t, t=noisy.t)
         return loss
 
     def extra_repr(self) -> str:

@@ -30,13 +30,30 @@ NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {"dit": DIT_NORM
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, D) non-overlapping patches, N = HW/p^2, D = C p^2."""
-    return F.unfold(x, kernel_size=patch_size, stride=patch_size).transpose(1, 2)
+    """(B, C, H, W) -> (B, N, D) non-overlapping patches, N = HW/p^2, D = C p^2, in ``F.unfold``'s order.
+
+    A reshape and one permuted copy: the same values as ``F.unfold(x, p, stride=p).transpose(1, 2)``
+    (a test checks it) at a fraction of im2col's cost. Pixels beyond a multiple of p are dropped, as unfold does.
+    """
+    b, c, h, w = x.shape
+    p = patch_size
+    gh, gw = h // p, w // p
+    x = x[..., : gh * p, : gw * p].reshape(b, c, gh, p, gw, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * p * p)
 
 
 def unpatchify(patches: torch.Tensor, patch_size: int, hw: tuple[int, int]) -> torch.Tensor:
-    """(B, N, D) -> (B, C, H, W); the exact inverse of :func:`patchify`."""
-    return F.fold(patches.transpose(1, 2), output_size=hw, kernel_size=patch_size, stride=patch_size)
+    """(B, N, D) -> (B, C, H, W); the exact inverse of :func:`patchify` (``F.fold``'s values, without col2im)."""
+    b, n, dim = patches.shape
+    p = patch_size
+    gh, gw = hw[0] // p, hw[1] // p
+    c = dim // (p * p)
+    if gh * gw != n or c * p * p != dim:
+        raise ValueError(f"cannot fold {n} patches of {dim} values with patch size {p} into a {hw[0]}x{hw[1]} image")
+    x = patches.reshape(b, gh, gw, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, gh * p, gw * p)
+    if (gh * p, gw * p) != tuple(hw):  # rows and columns no patch covers are zero, as F.fold leaves them
+        x = F.pad(x, (0, hw[1] - gw * p, 0, hw[0] - gh * p))
+    return x
 
 
 @torch.no_grad()
