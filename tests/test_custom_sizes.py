@@ -23,8 +23,8 @@ from ldae.models.size_spec import format_model_spec, parse_model_spec
 from ldae.utils import amp
 
 REPO = Path(__file__).resolve().parent.parent
-# Width 48 and 3 heads: a shape no registered size has, so the export must record all of it.
-CUSTOM = "custom:img=32,patch=4,dim=48,enc=2,dec=1,heads=3,d=8"
+# Width 48, 3 heads and the exact GELU: a shape no registered size has, so the export must record all of it.
+CUSTOM = "custom:img=32,patch=4,dim=48,enc=2,dec=1,heads=3,d=8,act=gelu"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -55,6 +55,9 @@ def test_spec_round_trip():
     size = parse_model_spec(CUSTOM)
     assert parse_model_spec(format_model_spec(size)) == size
     assert format_model_spec(parse_model_spec("micro_patch4_32")) == "micro_patch4_32"  # registered sizes keep their name
+    assert size.act == "gelu" and parse_model_spec(CUSTOM.replace(",act=gelu", "")).act == "gelu_tanh"  # the default
+    with pytest.raises(ValueError, match=r"bad value in 'act=relu' .* expected one of \('gelu_tanh', 'gelu'\)"):
+        parse_model_spec(CUSTOM.replace("act=gelu", "act=relu"))
 
 
 def test_export_records_the_shape_and_reloads_through_local_dir(run):
@@ -67,6 +70,7 @@ def test_export_records_the_shape_and_reloads_through_local_dir(run):
     assert cfg["model_args"]["img_size"] in (32, [32, 32])
     vit = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     assert (len(vit.blocks), vit.num_features, vit.blocks[0].attn.num_heads) == (2, 48, 3)
+    assert cfg["model_args"]["act_layer"] == "gelu" and type(vit.blocks[0].mlp.act).__name__ == "GELU"  # not GELUTanh
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     with torch.no_grad():
         ref = model.forward_features(x, t=model.schedule.eval_t)  # the checkpoint's own encoder at t = 10

@@ -183,7 +183,7 @@ def test_grad_checkpointing_gives_same_gradients():
 
 
 # ---------------------------------------------------------------------------- export
-@pytest.mark.parametrize("size", [TINY, ModelSize(32, 4, 48, 3, 1, 3, default_d=16)])
+@pytest.mark.parametrize("size", [TINY, ModelSize(32, 4, 48, 3, 1, 3, default_d=16), ModelSize(32, 4, 48, 2, 1, 3, default_d=16, act="gelu")])
 @pytest.mark.parametrize("t", [10, 777])
 def test_export_is_exact(size, t):
     torch.manual_seed(1)

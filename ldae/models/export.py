@@ -4,7 +4,7 @@ At a fixed t the conditioning vector is a constant, so each block's six modulati
 constants. LayerNorm(no affine) followed by x (1 + scale) + shift is a LayerNorm with weight
 1 + scale and bias shift; a gate g on a residual branch folds into the branch's last linear layer
 (W <- diag(g) W, b <- g * b). The encoder then *is* a standard ViT: no class token, average pooling,
-no final or fc norm, tanh-GELU, qkv bias, LayerNorm eps 1e-6, the sin-cos position embedding. The
+no final or fc norm, the size's GELU (tanh form unless ``act='gelu'``), qkv bias, LayerNorm eps 1e-6, the sin-cos position embedding. The
 folding is done in float64 and rounded once.
 
 Models that embed latent tokens (``input_space='latent'``, the DiT-on-a-tokenizer rows of the

@@ -69,13 +69,14 @@ class AdaLNBlock(nn.Module):
     """Transformer block with adaLN-Zero: LayerNorm without affine, then shift/scale from the
     conditioning vector, and a gate on each residual branch (all six from one zero-initialised linear)."""
 
-    def __init__(self, dim: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0, act: str = "gelu_tanh") -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=LN_EPS)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=LN_EPS)
-        # tanh-approximated GELU, as in DiT.
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=partial(nn.GELU, approximate="tanh"))
+        # 'gelu_tanh': the tanh-approximated GELU of DiT; 'gelu': the exact form (see ldae.models.sizes).
+        approximate = {"gelu_tanh": "tanh", "gelu": "none"}[act]
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=partial(nn.GELU, approximate=approximate))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
 
     def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:

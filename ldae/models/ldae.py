@@ -126,7 +126,7 @@ class LDAE(nn.Module):
         self.register_buffer("pos_embed", pos[None], persistent=True)  # (1, N, D), fixed
         self.t_embedder = TimestepEmbedder(self.cond_dim)
         self.blocks = nn.ModuleList(
-            AdaLNBlock(dim, size.num_heads, self.cond_dim, size.mlp_ratio) for _ in range(size.depth)
+            AdaLNBlock(dim, size.num_heads, self.cond_dim, size.mlp_ratio, size.act) for _ in range(size.depth)
         )
         self.final_layer = FinalLayer(dim, size.patch_dim if self.output_space == "image" else self.d, self.cond_dim)
         self.grad_checkpointing = False

@@ -31,7 +31,7 @@ __all__: list[str] = ["pretrained_cfg_for", "ARCH_NAMES", "CUSTOM_ARCH", "arch_s
 ARCH_NAMES: tuple[str, ...] = tuple(ARCH_PREFIX + s for s in SIZES)
 # Any other encoder shape (a `custom:` size) is ``ldae_vit_custom`` (CUSTOM_ARCH) with its shape as
 # model args, which export folders record in config.json.
-_SHAPE_ARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+_SHAPE_ARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "act_layer")
 _PAPER = "Deconstructing Denoising Diffusion Models for Self-Supervised Learning"
 _SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id")  # an overlay with one of these brings its own weights
 
@@ -47,7 +47,8 @@ def arch_size(arch: str, **shape: Any) -> ModelSize:
     depth = int(shape.get("depth", base.enc_depth))
     return ModelSize(img, int(shape.get("patch_size", base.patch_size)), int(shape.get("embed_dim", base.embed_dim)), depth,
                      depth, int(shape.get("num_heads", base.num_heads)), default_d=base.default_d,
-                     mlp_ratio=float(shape.get("mlp_ratio", base.mlp_ratio)), in_chans=int(shape.get("in_chans", base.in_chans)))
+                     mlp_ratio=float(shape.get("mlp_ratio", base.mlp_ratio)), in_chans=int(shape.get("in_chans", base.in_chans)),
+                     act=str(shape.get("act_layer", base.act)))
 
 
 def custom_vit_args(size: ModelSize) -> dict[str, Any]:

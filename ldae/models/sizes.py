@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["ModelSize", "SIZES", "get_size", "vit_kwargs"]
+__all__ = ["ModelSize", "SIZES", "get_size", "vit_kwargs", "ACTIVATIONS"]
+
+# MLP activations a size may use (timm names; both fold into a plain timm ViT).
+ACTIVATIONS = ("gelu_tanh", "gelu")
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,9 @@ class ModelSize:
     The encoder is the first ``enc_depth`` blocks, the decoder the remaining ``dec_depth`` blocks,
     all of width ``embed_dim`` (App. A: the split is artificial, half/half is best).
     ``default_d`` is the latent dimension used when a model is built without an explicit ``d``.
+    ``act`` is the MLP activation, a timm name: ``'gelu_tanh'`` (DiT's tanh approximation, every size
+    so far) or ``'gelu'`` (the exact erf form, timm's ViT default). On CPUs the exact form is the
+    faster one in bf16 (``bench/results/pretrain_cpu.json``); the exported ViT uses the same activation.
     """
 
     img_size: int
@@ -29,6 +35,11 @@ class ModelSize:
     default_d: int
     mlp_ratio: float = 4.0
     in_chans: int = 3
+    act: str = "gelu_tanh"
+
+    def __post_init__(self) -> None:
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.act!r}")
 
     @property
     def patch_dim(self) -> int:
@@ -93,5 +104,5 @@ def vit_kwargs(size: ModelSize) -> dict[str, Any]:
         class_token=False,
         fc_norm=False,
         final_norm=False,
-        act_layer="gelu_tanh",
+        act_layer=size.act,
     )
