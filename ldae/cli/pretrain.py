@@ -14,6 +14,7 @@ import argparse
 from ldae.cli.configs import bind_config, to_config
 from ldae.cli.model_flags import add_model_args
 from ldae.cli.shared_flags import add_bad_images_arg
+from ldae.engine.compile_policy import COMPILE_CHOICES
 from ldae.engine.pretrain import SKIPPED_FILE, run_pretrain
 from ldae.engine.pretrain_config import PretrainConfig
 from ldae.tokenizers.base import NORMS
@@ -96,7 +97,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "explicit matmuls on CPUs, where SDPA's bf16 backward is slower); same function either way")
     g.add_argument("--threads", type=int, help="CPU threads of this process (default: torch's, one per core); "
                    "use 1 when another job shares the cores")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", nargs="?", const="on", choices=COMPILE_CHOICES,
+                   help="torch.compile the model: on (also a bare --compile), off, or auto (default: on for a CPU run "
+                   "whose steps ahead would take >= 15 min eager, where the 40-50 s compile pays back; off on GPUs)")
     g.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in the backward pass (less memory)")
     g.add_argument("--peak-tflops", type=float, help="per-GPU peak for MFU (default: a measured bf16 matmul on GPUs, none on CPUs)")
