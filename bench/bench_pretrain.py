@@ -74,12 +74,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 class TimmMSE(nn.Module):
     """A plain timm ViT (no class token) with a per-token linear head regressing its input patches (MSE)."""
 
-    def __init__(self, size: ModelSize) -> None:
+    def __init__(self, size: ModelSize, act_layer: str | None = None) -> None:
+        """``act_layer``: None for timm's default (exact GELU), or a timm name (e.g. the l-DAE size's ``act``)."""
         super().__init__()
         self.patch_size = size.patch_size
         self.vit = VisionTransformer(
             img_size=size.img_size, patch_size=size.patch_size, embed_dim=size.embed_dim, depth=size.depth,
             num_heads=size.num_heads, mlp_ratio=size.mlp_ratio, class_token=False, global_pool="", num_classes=0,
+            **({"act_layer": act_layer} if act_layer else {}),
         )
         self.head = nn.Linear(size.embed_dim, size.patch_dim)
 
