@@ -98,8 +98,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="CPU threads of this process (default: torch's, one per core); "
                    "use 1 when another job shares the cores")
     g.add_argument("--compile", nargs="?", const="on", choices=COMPILE_CHOICES,
-                   help="torch.compile the model: on (also a bare --compile), off, or auto (default: on for a CPU run "
-                   "whose steps ahead would take >= 15 min eager, where the 40-50 s compile pays back; off on GPUs)")
+                   help="torch.compile: on = the whole model (also a bare --compile), blocks = each block, off, or auto "
+                   "(default; CPU runs: the whole model when the steps ahead would take >= 30 min eager, each block from "
+                   "5 min, where the compile time pays back; off on GPUs)")
     g.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in the backward pass (less memory)")
     g.add_argument("--peak-tflops", type=float, help="per-GPU peak for MFU (default: a measured bf16 matmul on GPUs, none on CPUs)")

@@ -27,7 +27,7 @@ from ldae.data.image_decode import ImagePolicy, read_skipped
 from ldae.data.pretrain_data import GPUResidentData, LoaderData, PretrainData, ShardData, check_min_image_size
 from ldae.engine import dist
 from ldae.engine.checkpoint import load_checkpoint, save_checkpoint
-from ldae.engine.compile_policy import COMPILE_CHOICES, decide_compile, time_eager_pass
+from ldae.engine.compile_policy import COMPILE_CHOICES, apply_compile, decide_compile, time_eager_pass
 from ldae.engine.lr_schedule import resolve_lr
 from ldae.engine.metrics_log import MetricsLogger
 from ldae.engine.pretrain_config import PretrainConfig
@@ -318,11 +318,11 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv, size: Any, batch: int, accum: i
         net = ddp
     compiled, compile_why = decide_compile(cfg.compile, env.device, env.world_size, (total_steps - state.step) * accum,
                                            lambda: time_eager_pass(model, batch, PRECISIONS[precision]))
-    if compiled:
+    if compiled != "off":
         # Fill the schedule's per-device table cache first: filling it inside the compiled forward
         # would invalidate a guard and compile the graph twice.
         model.schedule.lookup(torch.zeros(1, dtype=torch.long, device=env.device), check=False)
-        net = torch.compile(net, mode=cfg.compile_mode)
+        net = apply_compile(compiled, net, model.blocks, cfg.compile_mode)
 
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else (measure_matmul_peak(env.device) if cuda else None)
     flops = model_train_flops(model)
@@ -333,10 +333,10 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv, size: Any, batch: int, accum: i
         train_gflops_per_image=flops / 1e9, peak_tflops=peak / 1e12 if peak else None, precision=precision,
         sdpa_attention=all(getattr(b.attn, "fused_attn", False) for b in model.blocks),  # timm's F.scaled_dot_product_attention path
         attention=attention, threads=torch.get_num_threads(), cpu_allocator="heap (mmap off)" if heap else "default",
-        compile=compiled, compile_reason=compile_why,
+        compile={"on": "model", "blocks": "blocks", "off": None}[compiled], compile_reason=compile_why,
     ))
     log.info(f"l-DAE {cfg.model}: {params / 1e6:.1f}M params, d={model.d}, {precision}, {attention} attention, "
-             f"{torch.get_num_threads()} threads, compile {'on' if compiled else 'off'} ({compile_why}); "
+             f"{torch.get_num_threads()} threads, compile {compiled} ({compile_why}); "
              f"{env.world_size} x {env.device.type} x batch {batch} x accum {accum} = {global_batch} per step, lr {base_lr:.3g}; "
              f"{spe} steps/epoch, {total_steps} steps, warmup {step_cfg.warmup_steps}; {flops / 1e9:.3g} GFLOP per image and step")
 

@@ -55,7 +55,7 @@ class PretrainConfig(ModelConfig):
     precision: str = "auto"
     attention: str = "auto"
     threads: int | None = None
-    compile: str = "auto"  # auto / on / off (ldae.engine.compile_policy)
+    compile: str = "auto"  # auto / on / blocks / off (ldae.engine.compile_policy)
     compile_mode: str | None = None
     grad_checkpointing: bool = False
     peak_tflops: float | None = None
