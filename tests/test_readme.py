@@ -76,6 +76,7 @@ def test_cpu_table_is_the_committed_benchmark():
     report = json.loads((README.parent / "bench" / "results" / "pretrain_cpu.json").read_text())
     assert not report["smoke"] and len(report["results"]) >= 3
     assert _block("cpu-table") == _bench_module("bench_cpu").readme_table(report)
+    assert report["compile"] and _block("cpu-compile-table") == _bench_module("bench_cpu").compile_table(report)
 
 
 def test_trained_weights_table_is_the_committed_run():
