@@ -159,7 +159,9 @@ class LatentNoise(nn.Module):
             x_t, eps = self._corrupt_patches(p0.float(), hw, gamma.float(), sigma.float(), generator)
         return NoisyBatch(x_t=x_t, t=t, gamma=gamma, sigma=sigma, weight=weight, eps=eps)
 
-    def _levels(self, b: int, device: torch.device, t, generator, check_t: bool):
+    def _levels(
+        self, b: int, device: torch.device, t: torch.Tensor | int | None, generator: torch.Generator | None, check_t: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t, gamma, sigma, weight), each (B,): t drawn uniformly when None, an int broadcast to the batch."""
         if t is None:
             t, check_t = self.schedule.sample_t(b, device, generator), False
@@ -238,7 +240,9 @@ class LatentNoise(nn.Module):
         x_t, eps = self._corrupt_patches(patchify(x, p), x.shape[-2:], gamma, sigma, generator)
         return unpatchify(x_t, p, x.shape[-2:]).to(x0.dtype), eps
 
-    def _corrupt_patches(self, p0, hw, gamma, sigma, generator):
+    def _corrupt_patches(
+        self, p0: torch.Tensor, hw: tuple[int, int], gamma: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 patches p0 (B, N, D) -> (noisy patches (B, N, D), eps); gamma, sigma (B,) float32."""
         b, n, dim = p0.shape
         tok = self.tokenizer

@@ -311,7 +311,9 @@ class LDAE(nn.Module):
             return LDAEOutput(loss=loss, pred=pred, x_t=noisy.x_t, t=noisy.t)
         return loss
 
-    def _forward_patches(self, images, t, generator, return_dict):
+    def _forward_patches(
+        self, images: torch.Tensor, t: torch.Tensor | int | None, generator: torch.Generator | None, return_dict: bool
+    ) -> torch.Tensor | LDAEOutput:
         """The l-DAE step (image input, Eq. 4 on the image) computed on patches from end to end.
 
         The same function as ``corrupt`` -> ``_denoise`` -> ``target_loss`` (tests compare them), with one
