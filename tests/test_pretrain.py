@@ -305,6 +305,7 @@ def test_webdataset_shards(cifar_root, tok, tmp_path):
     (("--data-shards", "x-{0..3}.tar"), {}, ValueError, "exactly one of --data"),
     (("--fit-tokenizer", "--tokenizer", "pca.safetensors"), {}, ValueError, "pass either --tokenizer or --fit-tokenizer, not both"),
     (("--resume", "nowhere.pth"), {}, FileNotFoundError, "--resume nowhere.pth does not exist"),
+    (("--output-dir", ""), {}, ValueError, "--output-dir is empty; name the run's folder (e.g. --output-dir runs/my_run)"),
 ])
 def test_bad_arguments_fail_before_any_work(cifar_root, tmp_path, monkeypatch, extra, env, exc, msg):
     for k, v in env.items():

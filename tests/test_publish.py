@@ -245,3 +245,61 @@ def test_denoiser_export_rebuilds_the_whole_model(tmp_path):
     with torch.no_grad():  # float16 storage of the parameters; buffers (PCA basis, pos_embed) stay exact
         torch.testing.assert_close(back.denoise(x, 300), model.denoise(x, 300), atol=2e-3, rtol=0)
     assert torch.equal(back.tokenizer.components, model.tokenizer.components)
+
+
+# ---------------------------------------------------------------------------------------------- nothing a user saved is lost
+def _run_folder(tmp_path: Path, exported) -> Path:
+    run = tmp_path / "run"
+    (run / "notes").mkdir(parents=True)
+    shutil.copy(exported[1].parent / "checkpoint.pth", run / "checkpoint-last.pth")
+    (run / "log.jsonl").write_text("{}\n")
+    (run / "thesis.txt").write_text("three years of work\n")
+    (run / "notes" / "a.txt").write_text("x\n")
+    return run
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_replaces_the_run_folder_of_the_checkpoint(exported, tmp_path):
+    run = _run_folder(tmp_path, exported)
+    before = _files(run)
+    for out in (run, tmp_path):  # the checkpoint's folder, and a folder above it
+        with pytest.raises(ValueError, match=re.escape(f"--out {out} holds the checkpoint {run / 'checkpoint-last.pth'}")):
+            main(get_args_parser().parse_args([str(run / "checkpoint-last.pth"), "--out", str(out), "--overwrite"]))
+    assert _files(run) == before
+
+
+def test_overwrite_replaces_only_an_export_folder(exported, tmp_path):
+    ckpt = exported[1].parent / "checkpoint.pth"
+    other = tmp_path / "other"
+    (other / "sub").mkdir(parents=True)
+    (other / "thesis.txt").write_text("mine\n")
+    (other / "sub" / "b.txt").write_text("mine\n")
+    with pytest.raises(FileExistsError, match="has no SHA256SUMS, so it is not an export this command wrote"):
+        main(get_args_parser().parse_args([str(ckpt), "--out", str(other), "--overwrite"]))
+    out = export(tmp_path, ckpt, "--tag", "first")
+    first = _files(out)
+    assert export(tmp_path, ckpt, "--tag", "second", "--overwrite") == out  # an earlier export is replaced
+    assert _files(out) != first and "second" in (out / "README.md").read_text()
+    (out / "thesis.txt").write_text("mine\n")
+    kept = _files(out)
+    with pytest.raises(FileExistsError, match=re.escape("holds files an export did not write (thesis.txt)")):
+        export(tmp_path, ckpt, "--overwrite")
+    assert _files(out) == kept and (other / "thesis.txt").read_text() == "mine\n"
+
+
+def test_empty_weights_with_huge_args_are_refused_before_any_allocation(exported, monkeypatch):
+    from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from ldae.models import ldae as ldae_module
+
+    ckpt = load_checkpoint(exported[1].parent / "checkpoint.pth")
+    ckpt.update(model={}, ema=None, tokenizer=None)
+    ckpt["args"] = {**ckpt["args"], "model": "custom:img=4096,patch=2,dim=4096,enc=24,dec=24,heads=32,d=8", "noise_space": "pixel"}
+
+    def no_table(*a, **k):  # the float64 position table of these args alone is 32 GiB
+        raise AssertionError("built a position table for a shape check")
+    monkeypatch.setattr(ldae_module, "sincos_pos_embed_2d", no_table)
+    with pytest.raises(ValueError, match=r"do not describe its weights \(missing \["):
+        model_from_checkpoint(ckpt)

@@ -45,7 +45,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--repo-id", help="Hugging Face repo id <org>/<name> (model card usage; --push target)")
     parser.add_argument("--push", action="store_true", help="upload the folder to --repo-id (needs network and a token)")
     parser.add_argument("--private", action="store_true", help="create the hub repo private")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out that is an earlier export "
+                        "(every file listed in its SHA256SUMS); any other folder is refused, never deleted")
     return bind_config(parser, ExportConfig)
 
 

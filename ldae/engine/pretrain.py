@@ -106,6 +106,8 @@ def check_args(cfg: PretrainConfig, world_size: int) -> None:
         raise ValueError("--precision fp16 needs a GPU (use bf16 or fp32 on CPUs)")
     if cfg.threads is not None and cfg.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+    if not str(cfg.output_dir or "").strip():
+        raise ValueError("--output-dir is empty; name the run's folder (e.g. --output-dir runs/my_run)")
     if cfg.compile not in (*COMPILE_CHOICES, True, False):
         raise ValueError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {cfg.compile!r}")
     if not 0.0 <= cfg.ema_decay < 1.0:

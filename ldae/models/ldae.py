@@ -118,11 +118,15 @@ class LDAE(nn.Module):
         if input_space == "image":
             self.patch_embed = PatchEmbed(size.img_size, size.patch_size, size.in_chans, dim)
             grid = self.patch_embed.grid_size
-            pos = sincos_pos_embed_2d(dim, *grid).to(self.patch_embed.proj.weight.device)
+            device = self.patch_embed.proj.weight.device
         else:  # DiT on a tokenizer: one linear map embeds each d-dim latent token
             self.token_embed = nn.Linear(self.d, dim)
             grid = (size.img_size // size.patch_size, size.img_size // size.patch_size)
-            pos = sincos_pos_embed_2d(dim, *grid).to(self.token_embed.weight.device)
+            device = self.token_embed.weight.device
+        if device.type == "meta":  # a shape-only skeleton: no float64 table of (possibly huge) saved args
+            pos = torch.empty(grid[0] * grid[1], dim, device=device)
+        else:
+            pos = sincos_pos_embed_2d(dim, *grid).to(device)
         self.register_buffer("pos_embed", pos[None], persistent=True)  # (1, N, D), fixed
         self.t_embedder = TimestepEmbedder(self.cond_dim)
         self.blocks = nn.ModuleList(

@@ -27,7 +27,7 @@ from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ldae.models.export import timm_arch, export_encoder_state_dict
 from ldae.models.ldae import LDAE
 from ldae.models.sizes import SIZES
-from ldae.release.checksums import write_checksums
+from ldae.release.checksums import CHECKSUM_FILE, read_checksums, write_checksums
 from ldae.release.export_config import ExportConfig
 from ldae.release.manifest import ARCH_PREFIX, EXPORT_CONFIG_KEY, EXPORT_TOKENIZER_FILE, NoiseConfig, load_manifest
 from ldae.tokenizers.base import NORMS
@@ -194,6 +194,36 @@ def model_card(info: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- export
+def check_replaceable_export(out: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` whose replacement would delete what ``ldae export`` did not write.
+
+    ``--out`` may not be the checkpoint's folder or hold the checkpoint (a run folder: its checkpoints
+    and logs would go). An existing ``--out`` is replaced only with ``overwrite`` and only when it is an
+    export folder: every file in it is listed in its ``SHA256SUMS`` (besides that list itself).
+    """
+    out_abs, ckpt_abs = out.resolve(), checkpoint.resolve()
+    if out_abs == ckpt_abs.parent or out_abs in ckpt_abs.parents:
+        raise ValueError(f"--out {out} holds the checkpoint {checkpoint}: replacing it would delete the run; "
+                         f"export into a new folder, e.g. --out {out / 'export'}")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it (an earlier export only)")
+    if not out.is_dir() or out.is_symlink():
+        raise FileExistsError(f"--out {out} is not a folder; --overwrite replaces only an earlier export folder")
+    sums = out / CHECKSUM_FILE
+    if not sums.is_file():
+        raise FileExistsError(f"--out {out} has no {CHECKSUM_FILE}, so it is not an export this command wrote; "
+                              f"--overwrite will not delete it (remove it yourself or choose another --out)")
+    listed = set(read_checksums(sums)) | {CHECKSUM_FILE}
+    present = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink()}
+    others = sorted(present - listed)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise FileExistsError(f"--out {out} holds files an export did not write ({shown}); --overwrite replaces only "
+                              f"an export folder, so nothing was deleted")
+
+
 @torch.no_grad()
 def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     """Write the export folder ``cfg.out`` (atomically) and return what it describes."""
@@ -201,8 +231,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     from timm.models import save_for_hf
 
     out = Path(cfg.out)
-    if out.exists() and not (cfg.overwrite and out.is_dir()):
-        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    check_replaceable_export(out, Path(cfg.checkpoint), cfg.overwrite)
     if cfg.push and not cfg.repo_id:
         raise ValueError("--push needs --repo-id <org>/<name>")
     if not cfg.tag or "." in cfg.tag or "/" in cfg.tag:
