@@ -104,6 +104,43 @@ def test_sixteen_bit_and_float_images_convert_by_value(tmp_path):
     assert np.asarray(decode_rgb(buf.getvalue(), "float.tif"))[0, :, 0].tolist() == [0, 128, 255]
 
 
+def test_wide_integer_and_float_images_convert_by_range_or_are_refused():
+    def tiff(a: np.ndarray, mode: str) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a, mode=mode).save(buf, format="TIFF")
+        return buf.getvalue()
+
+    int32 = np.array([[0, 2**30, 2**31 - 1]], dtype=np.int32)  # a 32-bit TIFF using its whole range
+    assert np.asarray(decode_rgb(tiff(int32, "I"), "i32.tif"))[0, :, 0].tolist() == [0, 128, 255]  # not all white
+    small = np.array([[0, 32896, 65535]], dtype=np.int32)  # 16-bit values stored as 32-bit: scaled as 16-bit
+    assert np.asarray(decode_rgb(tiff(small, "I"), "i32.tif"))[0, :, 0].tolist() == [0, 128, 255]
+    f255 = np.array([[0.0, 127.6, 255.0]], dtype=np.float32)
+    assert np.asarray(decode_rgb(tiff(f255, "F"), "f.tif"))[0, :, 0].tolist() == [0, 128, 255]
+    with pytest.raises(BadImageError, match=r"^f1000.tif: float image with values up to 1000; expected 0-1 or 0-255$"):
+        decode_rgb(tiff(np.array([[0.0, 1000.0]], dtype=np.float32), "F"), "f1000.tif")
+    with pytest.raises(BadImageError, match=r"^nan.tif: float image with NaN or infinite pixels$"):
+        decode_rgb(tiff(np.full((2, 2), np.nan, dtype=np.float32), "F"), "nan.tif")
+
+
+@pytest.mark.parametrize("orientation, transpose", [(6, Image.Transpose.ROTATE_270), (8, Image.Transpose.ROTATE_90),
+                                                    (3, Image.Transpose.ROTATE_180), (1, None)])
+def test_exif_orientation_is_applied(orientation, transpose):
+    """A phone's portrait JPEG: stored 64 wide x 32 high with Orientation 6 is seen 32 x 64."""
+    stored = np.zeros((32, 64, 3), dtype=np.uint8)
+    stored[:, :32] = (250, 0, 0)  # left half red, right half blue as stored
+    stored[:, 32:] = (0, 0, 250)
+    img = Image.fromarray(stored)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, exif=exif)
+    got = decode_rgb(buf.getvalue(), "portrait.jpg")
+    want = img.transpose(transpose) if transpose is not None else img
+    assert got.size == want.size
+    diff = np.abs(np.asarray(got, dtype=int) - np.asarray(want, dtype=int))
+    assert diff.mean() < 5  # JPEG-lossy at the red/blue edge, the same picture elsewhere (unrotated would differ by ~125)
+
+
 def test_decompression_bomb_limit_names_the_file(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(BadImageError, match=r"^big.jpg: larger than Pillow's decompression-bomb limit of 100 pixels"):

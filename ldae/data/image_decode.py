@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["BadImageError", "BAD_IMAGE_POLICIES", "IMG_EXTENSIONS", "ImagePolicy", "decode_rgb", "is_image_name", "record_skip", "read_skipped", "SKIP_HINT"]
 
@@ -68,24 +68,35 @@ def decode_rgb(data: bytes, where: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
-                return _to_rgb(img)
+                # As a person sees it: phones store portrait photos sideways with an EXIF Orientation tag.
+                return _to_rgb(ImageOps.exif_transpose(img), where)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImageError(
             f"{where}: larger than Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels ({e}); "
             "if the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS") from None
     except UnidentifiedImageError:
         raise BadImageError(f"{where}: not a readable image (unknown format, {len(data):,} bytes)") from None
+    except BadImageError:
+        raise
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
         raise BadImageError(f"{where}: corrupt image ({type(e).__name__}: {e})") from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, where: str) -> Image.Image:
+    """RGB by the pixel values' range: 16-bit greys (and 32-bit integer ones within 0-65535) / 257, wider
+    32-bit integers scaled from 0..2^31-1, floats as 0-1 (x 255) or 0-255; non-finite floats refused."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        a = np.asarray(img, dtype=np.float64) / 257.0  # 0-65535 -> 0-255
-        return _grey_to_rgb(a)
+        a = np.asarray(img, dtype=np.float64)
+        top = float(a.max()) if a.size else 0.0
+        return _grey_to_rgb(a / 257.0 if top <= 65535 else a * (255.0 / (2**31 - 1)))
     if img.mode == "F":
         a = np.asarray(img, dtype=np.float64)
-        return _grey_to_rgb(a * 255.0 if a.size and np.nanmax(a) <= 1.0 else a)
+        if a.size and not np.isfinite(a).all():
+            raise BadImageError(f"{where}: float image with NaN or infinite pixels")
+        top = float(a.max()) if a.size else 0.0
+        if top > 255.0:
+            raise BadImageError(f"{where}: float image with values up to {top:g}; expected 0-1 or 0-255")
+        return _grey_to_rgb(a * 255.0 if top <= 1.0 else a)
     return img.convert("RGB")
 
 
