@@ -7,6 +7,7 @@ import posixpath
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 import logging
 
@@ -89,25 +90,28 @@ def _extract_regular_files(archive: Path, out: Path) -> None:
     limit, written = extract_limit(archive), 0
     free = shutil.disk_usage(out).free
     # Streaming mode reads the gzip once front to back, the only efficient order for it.
-    with tarfile.open(archive, mode="r|*") as tf:
-        for m in tf:
-            if not m.isfile() or not is_image_name(posixpath.basename(m.name)):
-                continue
-            name = normalize_member(m.name)
-            if os.path.isabs(m.name) or name == ".." or name.startswith("../"):
-                raise ValueError(f"{archive}: refusing to extract member outside the target: {m.name!r}")
-            written += m.size
-            if written > limit:
-                raise ValueError(
-                    f"{archive}: its images exceed {limit:,} bytes extracted ({EXTRACT_RATIO}x the archive, or "
-                    f"${EXTRACT_ENV}) at member {m.name!r}: a decompression bomb, or set ${EXTRACT_ENV} to allow more")
-            if written > free:
-                raise OSError(f"{archive}: extracting needs more than the {free:,} bytes free in {out.parent}")
-            target = out / name
-            if target.parent not in made:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
-            src = tf.extractfile(m)
-            assert src is not None
-            with open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+    try:
+        with tarfile.open(archive, mode="r|*") as tf:
+            for m in tf:
+                if not m.isfile() or not is_image_name(posixpath.basename(m.name)):
+                    continue
+                name = normalize_member(m.name)
+                if os.path.isabs(m.name) or name == ".." or name.startswith("../"):
+                    raise ValueError(f"{archive}: refusing to extract member outside the target: {m.name!r}")
+                written += m.size
+                if written > limit:
+                    raise ValueError(
+                        f"{archive}: its images exceed {limit:,} bytes extracted ({EXTRACT_RATIO}x the archive, or "
+                        f"${EXTRACT_ENV}) at member {m.name!r}: a decompression bomb, or set ${EXTRACT_ENV} to allow more")
+                if written > free:
+                    raise OSError(f"{archive}: extracting needs more than the {free:,} bytes free in {out.parent}")
+                target = out / name
+                if target.parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(target.parent)
+                src = tf.extractfile(m)
+                assert src is not None
+                with open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except (tarfile.ReadError, EOFError, zlib.error) as e:  # a cut or damaged download
+        raise ValueError(f"{archive}: truncated or corrupt archive ({type(e).__name__}: {e}); download or copy it again") from None

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from ldae.data.archives import extract_archive, normalize_member
 from ldae.data.image_decode import BAD_IMAGE_POLICIES, IMG_EXTENSIONS, SKIP_HINT, BadImageError, decode_rgb, is_image_name, record_skip
+from ldae.data.tar_check import check_complete_tar, members_end
 
 __all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "TarImageDataset", "Transform", "build_dataset"]
 
@@ -235,10 +236,12 @@ def _tar_index(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, int, int
     """(member name, data offset, size) of every regular file; size/mtime key out stale entries."""
     try:
         with tarfile.open(path, mode="r:") as tf:
-            return tuple((m.name, m.offset_data, m.size) for m in tf if m.isfile() and not m.issparse())
+            members = tf.getmembers()
     except tarfile.ReadError as e:
         raise ValueError(f"{path} is not a readable uncompressed tar ({e}); compressed archives must be "
                          f"named .tar.gz or .tgz") from e
+    check_complete_tar(path, members_end(members[-1]) if members else 0)
+    return tuple((m.name, m.offset_data, m.size) for m in members if m.isfile() and not m.issparse())
 
 
 class TarImageDataset(_LabeledImages):

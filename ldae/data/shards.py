@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from ldae.data.folders import Transform, _LabeledImages
 from ldae.data.image_decode import BAD_IMAGE_POLICIES, IMG_EXTENSIONS, SKIP_HINT, BadImageError, decode_rgb, record_skip
 from ldae.data.sampler import dist_info, seed_int
+from ldae.data.tar_check import check_complete_tar, members_end
 from ldae.utils.io import atomic_path
 
 __all__ = ["ShardDataset", "expand_urls", "write_shards"]
@@ -67,24 +68,36 @@ def expand_urls(urls_or_pattern: str | Path | Sequence[str | Path]) -> list[str]
 
 
 def _iter_shard(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(key, {extension: bytes})`` for consecutive members sharing a key (``<key>.<ext>``)."""
-    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
-        key, parts = None, {}
-        for m in tf:
-            if not m.isfile():
-                continue
-            d, base = posixpath.split(m.name)
-            stem, dot, ext = base.partition(".")  # WebDataset: the extension is everything after the first dot
-            if not dot or stem == "":
-                continue
-            k = posixpath.join(d, stem)
-            if k != key:
-                if parts:
-                    yield key, parts  # type: ignore[misc]
-                key, parts = k, {}
-            src = tf.extractfile(m)
-            assert src is not None
-            parts[ext.lower()] = src.read()
+    """Yield ``(key, {extension: bytes})`` for consecutive members sharing a key (``<key>.<ext>``).
+
+    A shard cut short is an error naming it (:mod:`ldae.data.tar_check`), never a shorter shard.
+    """
+    with open(path, "rb") as f:
+        compressed = f.read(2) in (b"\x1f\x8b", b"BZ", b"\xfd7")  # gzip, bzip2, xz: their own end checks
+        f.seek(0)
+        try:
+            with tarfile.open(fileobj=f, mode="r|*") as tf:
+                key, parts, end = None, {}, 0
+                for m in tf:
+                    end = members_end(m)
+                    if not m.isfile():
+                        continue
+                    d, base = posixpath.split(m.name)
+                    stem, dot, ext = base.partition(".")  # WebDataset: the extension is everything after the first dot
+                    if not dot or stem == "":
+                        continue
+                    k = posixpath.join(d, stem)
+                    if k != key:
+                        if parts:
+                            yield key, parts  # type: ignore[misc]
+                        key, parts = k, {}
+                    src = tf.extractfile(m)
+                    assert src is not None
+                    parts[ext.lower()] = src.read()
+        except (tarfile.ReadError, EOFError) as e:
+            raise ValueError(f"{path}: truncated or corrupt shard ({e}); copy or write it again") from None
+        if not compressed:
+            check_complete_tar(path, end)
         if parts:
             yield key, parts  # type: ignore[misc]
 
