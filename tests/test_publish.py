@@ -303,3 +303,37 @@ def test_empty_weights_with_huge_args_are_refused_before_any_allocation(exported
     monkeypatch.setattr(ldae_module, "sincos_pos_embed_2d", no_table)
     with pytest.raises(ValueError, match=r"do not describe its weights \(missing \["):
         model_from_checkpoint(ckpt)
+
+
+def test_weights_that_are_not_finite_are_refused_at_load_and_at_export(exported, tmp_path):
+    import timm
+    from safetensors.torch import load_file, save_file
+
+    from ldae.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from ldae.release.denoiser import save_denoiser
+
+    ckpt = load_checkpoint(exported[1].parent / "checkpoint.pth")
+    bad = {**ckpt, "model": {k: v.clone() for k, v in ckpt["model"].items()}, "ema": None}
+    bad["model"]["blocks.0.mlp.fc1.weight"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^checkpoint: blocks.0.mlp.fc1.weight holds 1 NaN or infinite values"):
+        model_from_checkpoint(bad)
+    torch.save(bad, tmp_path / "nan.pth")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'nan.pth'}: blocks.0.mlp.fc1.weight holds 1 NaN")):
+        main(get_args_parser().parse_args([str(tmp_path / "nan.pth"), "--out", str(tmp_path / "x")]))
+    assert not (tmp_path / "x").exists()
+
+    model = model_from_checkpoint(ckpt)
+    with torch.no_grad():
+        model.blocks[0].mlp.fc2.weight[0, 0] = 1e6  # finite in float32, inf in float16
+    with pytest.raises(ValueError, match=r"blocks.0.mlp.fc2.weight has values up to 1e\+06, beyond torch.float16's range"):
+        save_denoiser(model, ckpt["args"], tmp_path / "d.safetensors", dtype=torch.float16)
+    assert not (tmp_path / "d.safetensors").exists()
+
+    folder = tmp_path / "nan_export"
+    shutil.copytree(exported[1], folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["blocks.0.attn.qkv.weight"][0, 0] = float("inf")
+    save_file(weights, folder / "model.safetensors")
+    (folder / "SHA256SUMS").unlink()  # no checksum to catch it: the finite check must
+    with pytest.warns(UserWarning, match="no SHA256SUMS"), pytest.raises(ValueError, match=r"blocks.0.attn.qkv.weight holds 1 NaN or infinite"):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)

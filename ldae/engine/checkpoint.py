@@ -25,6 +25,7 @@ import torch
 from ldae.models.ldae import LDAE
 from ldae.models.model_config import build_model
 from ldae.tokenizers.registry import tokenizer_from_state_dict  # every tokenizer format (PCA, AE, VAE, pixel)
+from ldae.utils.checks import check_finite_weights
 from ldae.utils.io import atomic_path
 
 __all__ = ["FORMAT", "save_state", "load_state", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",
@@ -90,9 +91,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return load_state(path, FORMAT, map_location, what="l-DAE checkpoint", article="an")
 
 
-def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, use_ema: bool = True) -> LDAE:
-    """The :class:`LDAE` a checkpoint holds (EMA weights when present and ``use_ema``), in eval mode."""
-    where = "checkpoint" if isinstance(ckpt, dict) else str(ckpt)
+def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, use_ema: bool = True, source: str | None = None) -> LDAE:
+    """The :class:`LDAE` a checkpoint holds (EMA weights when present and ``use_ema``), in eval mode;
+    ``source`` names a loaded dict's file in errors."""
+    where = source or ("checkpoint" if isinstance(ckpt, dict) else str(ckpt))
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
@@ -108,6 +110,7 @@ def build_checked_model(args: dict[str, Any], weights: dict[str, torch.Tensor], 
     The shapes are read from a skeleton on the ``meta`` device (no memory), so stored args that ask
     for another (e.g. huge) size than the tensors hold are refused before anything is allocated.
     """
+    check_finite_weights(weights, source)
     with torch.device("meta"):
         skeleton = build_model(args, tokenizer)
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}

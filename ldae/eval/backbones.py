@@ -188,7 +188,7 @@ def _from_ldae_checkpoint(path: str, t: int | None, use_ema: bool, num_classes: 
     from ldae.models.sizes import vit_kwargs
 
     ckpt = load_checkpoint(path)  # FileNotFoundError / ValueError naming the file
-    ldae_model = model_from_checkpoint(ckpt, use_ema=use_ema)
+    ldae_model = model_from_checkpoint(ckpt, use_ema=use_ema, source=path)
     t = ldae_model.schedule.eval_t if t is None else int(t)
     # The export is exact with the encoder's own head-less layout; a classifier is added afterwards.
     vit = export_to_timm(ldae_model, t, **kwargs)

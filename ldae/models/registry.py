@@ -25,6 +25,7 @@ from ldae.models.sizes import SIZES, ModelSize, vit_kwargs
 from ldae.release.checksums import verify_export
 from ldae.release.manifest import ARCH_PREFIX, CUSTOM_ARCH, CUSTOM_DEFAULT_SIZE, UNTRAINED_TAG, Manifest, load_manifest, no_weights_message, verify_file
 from ldae.tokenizers.pca import DIT_NORM
+from ldae.utils.checks import check_finite_weights
 
 __all__: list[str] = ["pretrained_cfg_for", "ARCH_NAMES", "CUSTOM_ARCH", "arch_size", "custom_vit_args"]  # + the entrypoints
 
@@ -169,7 +170,7 @@ def _create_ldae_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> V
         kwargs["pretrained_cfg"] = _custom_cfg(size, pretrained, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
     else:
         kwargs["pretrained_cfg"] = _resolve_cfg(variant, pretrained, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         VisionTransformer,
         variant,
         pretrained,
@@ -177,6 +178,11 @@ def _create_ldae_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> V
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **{**model_args, **kwargs},
     )
+    if pretrained:  # loaded weights that are not finite would give NaN features without a word
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        where = cfg.get("file") or cfg.get("hf_hub_id") or f"{variant}.{cfg.get('tag', '')}".rstrip(".")
+        check_finite_weights(model.state_dict(), where)
+    return model
 
 
 def _custom_cfg(size: ModelSize, pretrained: bool, pretrained_cfg: Any, overlay: dict | None) -> Any:

@@ -24,6 +24,7 @@ from ldae.models.model_config import ModelConfig
 from ldae.release.manifest import load_manifest, split_name, verify_file
 from ldae.tokenizers.pca import PatchPCA
 from ldae.tokenizers.registry import tokenizer_from_state_dict
+from ldae.utils.checks import check_finite_weights
 from ldae.utils.io import save_safetensors
 
 __all__ = [
@@ -75,7 +76,13 @@ def save_denoiser(model: LDAE, args: Mapping[str, Any], path: str | os.PathLike,
     """
     kept = ModelConfig.from_saved(args).to_dict()
     params = {name for name, _ in model.named_parameters()}  # buffers (PCA basis, pos_embed) stay exact
+    check_finite_weights(model.state_dict(), "denoiser export")
     sd = {k: (v.to(dtype) if k in params and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    for k, v in sd.items():  # finite before the cast: anything not finite now overflowed the narrower dtype
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            top = float(model.state_dict()[k].abs().max())
+            raise ValueError(f"{path}: {k} has values up to {top:.3g}, beyond {dtype}'s range; write the denoiser in "
+                             f"float32 (--denoiser float32) or bfloat16")
     meta = {"format": DENOISER_FORMAT, "args": json.dumps(kept)}
     if model.tokenizer is not None:
         meta["tokenizer"] = json.dumps(model.tokenizer.metadata())

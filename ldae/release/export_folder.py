@@ -238,7 +238,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
         raise ValueError(f"--tag must be a non-empty name without '.' or '/', got {cfg.tag!r}")
     metrics = _parse_metrics(cfg.metric)
     ckpt = load_checkpoint(cfg.checkpoint)
-    model = model_from_checkpoint(ckpt, use_ema=cfg.ema)
+    model = model_from_checkpoint(ckpt, use_ema=cfg.ema, source=str(cfg.checkpoint))
     pre_args = dict(ckpt["args"])
     t = model.schedule.eval_t if cfg.t is None else int(cfg.t)
     model.schedule.check_t(torch.tensor([t]))

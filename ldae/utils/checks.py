@@ -5,11 +5,11 @@ Errors name what was expected, so a wrong call is fixed from the message alone.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-__all__ = ["check_images", "check_tokenizer_compatible"]
+__all__ = ["check_images", "check_tokenizer_compatible", "check_finite_weights"]
 
 
 def check_images(
@@ -64,3 +64,12 @@ def check_tokenizer_compatible(
             diffs.append(f"normalisation {name} {list(have)} (model expects {list(want)})")
     if diffs:
         raise ValueError("tokenizer does not match the model: it was fitted with " + "; ".join(diffs))
+
+
+def check_finite_weights(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """``ValueError`` naming ``source`` and the first tensor that holds NaN or inf (a diverged run, a damaged file)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{source}: {name} holds {bad:,} NaN or infinite values of {t.numel():,}; "
+                             f"weights that are not finite cannot be used (a run that diverged, or a damaged file)")
