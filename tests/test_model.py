@@ -237,3 +237,25 @@ def test_export_of_a_registered_size_carries_its_preprocessing(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (back(x) - model.forward_features(x, 10)).abs().max() <= 1e-5
+
+
+def test_inputs_of_other_dtypes_python_levels_and_empty_batches():
+    """fp16 / bf16 / fp64 images are cast to the weights' dtype (as autocast would); t may be any whole
+    Python or numpy number; an empty batch or a fractional level is refused in one line."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    tok = PatchPCA.fit([torch.rand(16, 3, 16, 16) * 2 - 1], 4)
+    model = LDAE(TINY, tok).eval()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    ref = model.forward_features(x, 10)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        got = model.forward_features(x.to(dtype), 10)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, model.forward_features(x.to(dtype).float(), 10), rtol=0, atol=0)
+    torch.testing.assert_close(model.forward_features(x, t=10.0), ref, rtol=0, atol=0)
+    torch.testing.assert_close(model.forward_features(x, t=np.int64(10)), ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"noise level t must be an integer in \[0, 999\], got 5.5"):
+        model.forward_features(x, t=5.5)
+    with pytest.raises(ValueError, match="expected at least one image, got an empty batch"):
+        model(x[:0])

@@ -16,6 +16,7 @@ layer outputs d numbers per token instead of p*p*C pixels.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -195,7 +196,13 @@ class LDAE(nn.Module):
             raise ValueError(f"latent input: expected images (B, {self.size.in_chans}, H, W) or tokens (B, {n}, {self.d}), got {tuple(x.shape)}")
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Network input -> embedded tokens (B, N, D), position embedding added."""
+        """Network input -> embedded tokens (B, N, D), position embedding added.
+
+        Input of another float dtype than the weights (fp16 / bf16 / fp64 images) is cast to theirs, as
+        autocast would; under autocast the embedding runs in autocast's dtype either way."""
+        weight = self.patch_embed.proj.weight if self.input_space == "image" else self.token_embed.weight
+        if x.is_floating_point() and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(weight.dtype)
         if self.input_space == "latent":
             if x.ndim == 4:  # an image: the latent-input encoder sees its tokenizer latents
                 x = self.noise.encode_latent(x)  # (B, N, d)
@@ -218,8 +225,16 @@ class LDAE(nn.Module):
         p, chans = self.size.patch_size, self.size.in_chans
         return (w @ a).reshape(-1, chans, p, p), w @ c + self.token_embed.bias.double()
 
-    def _as_levels(self, t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
-        if isinstance(t, int) or (isinstance(t, torch.Tensor) and t.ndim == 0):
+    def _as_levels(self, t: torch.Tensor | int | float, batch: int, device: torch.device) -> torch.Tensor:
+        if isinstance(t, float):  # a Python number: a level only when it is a whole one
+            if not t.is_integer():
+                raise ValueError(f"noise level t must be an integer in [0, {self.schedule.num_levels - 1}], got {t}")
+            t = int(t)
+        if isinstance(t, numbers.Integral):  # int, numpy integers
+            t = int(t)
+        if not isinstance(t, (int, torch.Tensor)):
+            raise ValueError(f"noise level t must be an int or a (B,) tensor of ints, got {type(t).__name__}")
+        if isinstance(t, int) or t.ndim == 0:
             t = torch.full((batch,), int(t), dtype=torch.long, device=device)
         if self.check_inputs and not torch.compiler.is_compiling():
             self.schedule.check_t(t)

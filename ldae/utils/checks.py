@@ -29,6 +29,8 @@ def check_images(
         raise ValueError(f"{name}: expected a torch.Tensor of shape (B, {in_chans}, H, W), got {type(x).__name__}")
     if x.ndim != 4:
         raise ValueError(f"{name}: expected shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one image, got an empty batch {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(
             f"{name}: expected a floating-point tensor of normalised pixels, got dtype {x.dtype} "
