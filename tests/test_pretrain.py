@@ -211,6 +211,21 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(cifar_root, tok, st
     assert_same_state(load_checkpoint(tmp_path / LAST), load_checkpoint(straight_10 / LAST))
 
 
+GROUP_SIGNALLER = SIGNALLER.replace("os.kill(os.getpid(), sig)", "os.killpg(os.getpgid(0), sig)")
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves(cifar_root, tok, straight_10, tmp_path):
+    """A scheduler's stop reaches every process of the group: the workers keep feeding, the run saves."""
+    args = argv(cifar_root, tmp_path, "--stop-at-step", 10, "--save-every-steps", 4, "--num-workers", 2, tokenizer=tok)
+    proc = subprocess.run([sys.executable, "-c", GROUP_SIGNALLER, "7", "SIGTERM", *args], env=subprocess_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=300, start_new_session=True)  # its own group
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    assert f"stopped by SIGTERM after step 7; {tmp_path / LAST} written" in proc.stderr and "Traceback" not in proc.stderr
+    assert load_checkpoint(tmp_path / LAST)["step"] == 7
+    assert run(args + ["--resume", "auto"]) == 0
+    assert_same_state(load_checkpoint(tmp_path / LAST), load_checkpoint(straight_10 / LAST))
+
+
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(cifar_root, tok, straight_10, tmp_path,
                                                                                   monkeypatch, capsys):
     from ldae.cli.command import run as cli_run

@@ -15,6 +15,7 @@ Three sources share one interface (:class:`PretrainData`):
 from __future__ import annotations
 
 import itertools
+import signal
 from typing import Iterable, Iterator, Protocol, Sequence
 
 import torch
@@ -27,9 +28,18 @@ from ldae.data.sampler import GlobalBatchSampler, SeededSamples, mix_seed
 from ldae.data.shards import ShardDataset
 from ldae.data.transforms import build_transform
 
-__all__ = ["PretrainData", "LoaderData", "GPUResidentData", "ShardData", "check_min_image_size"]
+__all__ = ["PretrainData", "LoaderData", "GPUResidentData", "ShardData", "check_min_image_size", "leave_stop_signals_to_the_main_process"]
 
 _AUG_TAG = 0x415547  # GPU augmentation seeds, apart from the noise seeds
+
+
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGINT: sent to the whole process group (a scheduler's
+    stop, ``kill -- -PGID``, Ctrl-C), the main process finishes its step and saves while its workers
+    keep feeding it, instead of the workers dying first and the run crashing unsaved. The workers
+    still exit with the main process (PyTorch's watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class PretrainData(Protocol):
@@ -82,6 +92,7 @@ class LoaderData:
         self.loader = DataLoader(
             self.dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+            worker_init_fn=leave_stop_signals_to_the_main_process,
         )
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[list[torch.Tensor]]:
@@ -94,7 +105,8 @@ class LoaderData:
         if max_images < len(ds):
             keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:max_images]
             ds = Subset(ds, sorted(keep.tolist()))
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=self.num_workers)
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=self.num_workers,
+                            worker_init_fn=leave_stop_signals_to_the_main_process)
         return (x for x, _ in loader)
 
 
@@ -172,7 +184,7 @@ class ShardData:
         for rnd in itertools.count():  # endless: a rank whose shards run out starts another shuffled pass
             self.dataset.set_epoch(mix_seed(epoch, start_step, rnd) % 2**31)
             loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=True,
-                                pin_memory=self.device.type == "cuda")
+                                pin_memory=self.device.type == "cuda", worker_init_fn=leave_stop_signals_to_the_main_process)
             for x, _ in loader:
                 yield x.to(self.device, non_blocking=True)
 
