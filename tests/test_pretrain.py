@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -211,19 +212,41 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(cifar_root, tok, st
     assert_same_state(load_checkpoint(tmp_path / LAST), load_checkpoint(straight_10 / LAST))
 
 
-GROUP_SIGNALLER = SIGNALLER.replace("os.kill(os.getpid(), sig)", "os.killpg(os.getpgid(0), sig)")
+WAIT_IN_STEP = r"""
+import os, sys, time, torch
+at, marker = int(sys.argv[1]), sys.argv[2]
+calls = [0]
+orig_step = torch.optim.AdamW.step
+def step(self, *a, **k):  # optimizer step `at` announces itself, then waits for the signal from outside
+    calls[0] += 1
+    if calls[0] == at:
+        open(marker, "w").close()
+        time.sleep(5)
+    return orig_step(self, *a, **k)
+torch.optim.AdamW.step = step
+from ldae.cli.command import run
+sys.exit(run("pretrain", sys.argv[3:]))
+"""
 
 
 def test_sigterm_to_the_process_group_with_loader_workers_saves(cifar_root, tok, straight_10, tmp_path):
-    """A scheduler's stop reaches every process of the group: the workers keep feeding, the run saves."""
-    args = argv(cifar_root, tmp_path, "--stop-at-step", 10, "--save-every-steps", 4, "--num-workers", 2, tokenizer=tok)
-    proc = subprocess.run([sys.executable, "-c", GROUP_SIGNALLER, "7", "SIGTERM", *args], env=subprocess_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=300, start_new_session=True)  # its own group
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
-    assert f"stopped by SIGTERM after step 7; {tmp_path / LAST} written" in proc.stderr and "Traceback" not in proc.stderr
-    assert load_checkpoint(tmp_path / LAST)["step"] == 7
+    """A scheduler's stop (``kill -- -PGID``) reaches every process of the group: the loader workers must not die
+    first (PyTorch's workers die on a SIGTERM that is not their parent's, and the run would crash unsaved)."""
+    args = argv(cifar_root, tmp_path / "run", "--stop-at-step", 10, "--save-every-steps", 4, "--num-workers", 2, tokenizer=tok)
+    marker = tmp_path / "in-step-7"
+    proc = subprocess.Popen([sys.executable, "-c", WAIT_IN_STEP, "7", str(marker), *args], env=subprocess_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), proc.communicate()[1][-3000:]
+    os.killpg(proc.pid, signal.SIGTERM)  # from outside the group, to all of it
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert f"stopped by SIGTERM after step 7; {tmp_path / 'run' / LAST} written" in err and "Traceback" not in err
+    assert load_checkpoint(tmp_path / "run" / LAST)["step"] == 7
     assert run(args + ["--resume", "auto"]) == 0
-    assert_same_state(load_checkpoint(tmp_path / LAST), load_checkpoint(straight_10 / LAST))
+    assert_same_state(load_checkpoint(tmp_path / "run" / LAST), load_checkpoint(straight_10 / LAST))
 
 
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(cifar_root, tok, straight_10, tmp_path,
