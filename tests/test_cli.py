@@ -89,3 +89,33 @@ def test_unknown_command_names_the_choices(capsys):
         cli.main(["pretrian"])
     assert e.value.code == 2
     assert f"unknown command 'pretrian'; choose from {', '.join(NAMES)}" in capsys.readouterr().err
+
+
+def test_file_and_disk_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    import errno
+
+    from ldae.cli import command
+    from ldae.cli import knn as knn_cli
+    from ldae.release.manifest import WeightsIntegrityError
+
+    def raising(exc):
+        def fake_main(args):
+            raise exc
+        return fake_main
+
+    cases = [
+        (OSError(errno.EROFS, "Read-only file system", "/ro/run"), "[Errno 30] Read-only file system: '/ro/run'"),
+        (OSError(errno.ELOOP, "Too many levels of symbolic links", "data/loop"), "Too many levels of symbolic links: 'data/loop'"),
+        (WeightsIntegrityError("export/model.safetensors: sha256 differs from SHA256SUMS"), "sha256 differs from SHA256SUMS"),
+    ]
+    for exc, said in cases:
+        monkeypatch.setattr(knn_cli, "main", raising(exc))
+        assert command.run("knn", ["--model", "m", "--data", "d"]) == command.EXIT_USER_ERROR
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ldae knn: error: ") and said in err and "\n" not in err
+    monkeypatch.setattr(knn_cli, "main", raising(RuntimeError("an internal bug")))
+    with pytest.raises(RuntimeError, match="an internal bug"):
+        command.run("knn", ["--model", "m", "--data", "d"])
+    monkeypatch.setattr(knn_cli, "main", raising(OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(OSError):  # not something the user's flags or files can fix: the traceback stays
+        command.run("knn", ["--model", "m", "--data", "d"])

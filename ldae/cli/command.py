@@ -8,6 +8,7 @@ imported only when their subcommand runs, so ``ldae --help`` is fast. ``ldae <co
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -71,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                                                 IsADirectoryError, PermissionError, DiskFullError)
 EXIT_USER_ERROR = 2
+# Operating-system errors about the user's files and disks (their message names the path): read-only
+# or full file systems, missing permissions, symlink loops, names too long.
+_USER_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ELOOP, errno.ENAMETOOLONG}
+
+
+def _is_user_error(e: BaseException) -> bool:
+    from ldae.release.manifest import WeightsIntegrityError  # a damaged or tampered weights file
+
+    return isinstance(e, (*USER_ERRORS, WeightsIntegrityError)) or (isinstance(e, OSError) and e.errno in _USER_ERRNOS)
 
 
 def _debug() -> bool:
@@ -113,8 +123,8 @@ def run(command: str, argv: list[str]) -> int:
     try:
         check_flags(parser, args)
         result = module.main(args)
-    except USER_ERRORS as e:
-        if _debug():
+    except Exception as e:  # a bug is re-raised with its traceback; see _is_user_error
+        if _debug() or not _is_user_error(e):
             raise
         print(f"ldae {command}: error: {_one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
