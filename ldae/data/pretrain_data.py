@@ -15,7 +15,7 @@ Three sources share one interface (:class:`PretrainData`):
 from __future__ import annotations
 
 import itertools
-import signal
+import os
 from typing import Iterable, Iterator, Protocol, Sequence
 
 import torch
@@ -34,12 +34,15 @@ _AUG_TAG = 0x415547  # GPU augmentation seeds, apart from the noise seeds
 
 
 def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM and SIGINT: sent to the whole process group (a scheduler's
-    stop, ``kill -- -PGID``, Ctrl-C), the main process finishes its step and saves while its workers
-    keep feeding it, instead of the workers dying first and the run crashing unsaved. The workers
-    still exit with the main process (PyTorch's watchdog)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Move a DataLoader worker into a process group of its own.
+
+    A stop sent to the run's process group (``kill -- -PGID``, a terminal's Ctrl-C) then reaches only
+    the main process, which finishes its step, saves and shuts its workers down. Otherwise the workers
+    die of the same SIGTERM first (PyTorch's workers exit on any SIGTERM that is not their parent's)
+    and the run crashes unsaved. The workers still exit when the main process ends or dies
+    (PyTorch's watchdog), and the main process can still terminate them.
+    """
+    os.setpgid(0, 0)
 
 
 class PretrainData(Protocol):
