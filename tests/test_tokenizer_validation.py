@@ -1,10 +1,12 @@
 """A stored patch PCA that would give wrong latents is refused at load, naming the file."""
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ldae.tokenizers.pca import PatchPCA
 from ldae.tokenizers.registry import load_tokenizer
@@ -56,3 +58,22 @@ def test_good_file_loads_and_integer_tensors_are_refused(saved, tmp_path):
     save_file({**tensors, "mean": torch.zeros(48, dtype=torch.int64)}, str(tmp_path / "int.safetensors"), metadata=meta)
     with pytest.raises(ValueError, match="mean must be floating point, got torch.int64"):
         load_tokenizer(tmp_path / "int.safetensors")
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("patch_size", "abc", "invalid literal for int() with base 10: 'abc'"),
+    ("in_chans", "1", "norm_mean/norm_std need 1 values"),
+    ("norm_std", None, "missing metadata key 'norm_std'"),
+])
+def test_metadata_that_lies_is_refused_naming_the_file(tmp_path, key, value, said):
+    src = Path(__file__).resolve().parent.parent / "weights" / "pca_p4_cifar10.safetensors"
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata())
+    if value is None:
+        del meta[key]
+    else:
+        meta[key] = value
+    bad = tmp_path / "lying.safetensors"
+    save_file(load_file(src), bad, metadata=meta)
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: inconsistent tokenizer artifact (") + ".*" + re.escape(said)):
+        load_tokenizer(bad)

@@ -108,6 +108,17 @@ def fixed_latent_dim(tokenizer: Tokenizer | None) -> int | None:
 
 
 def _from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], source: str) -> Tokenizer:
+    """The tokenizer of an artifact's tensors and metadata; any inconsistency is a ``ValueError`` naming ``source``."""
+    try:
+        return _build_from_tensors(tensors, meta, source)
+    except (KeyError, ValueError, TypeError) as e:  # metadata that lies: missing keys, 'abc' for a size, wrong shapes
+        if str(e).startswith(source):
+            raise
+        what = f"missing metadata key {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(f"{source}: inconsistent tokenizer artifact ({what})") from None
+
+
+def _build_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], source: str) -> Tokenizer:
     fmt = meta.get("format")
     if fmt not in TOKENIZER_FORMATS:
         raise ValueError(f"{source}: unknown tokenizer format {fmt!r}; expected one of {sorted(TOKENIZER_FORMATS)}")
